@@ -1,0 +1,1 @@
+"""Ferry mobile SDK (on-demand client). Empty until the mobile issue lands."""

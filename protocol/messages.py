@@ -1,0 +1,260 @@
+"""Typed messages: one frozen, slotted dataclass per request, reply, push and error.
+
+Every request carries an ``id`` chosen by the sender; its reply (or an
+``Error``) echoes it, so many requests can be in flight on one connection.
+``key`` on mutating requests is a client-chosen idempotency key: sending the
+same request again (after a dropped connection) returns the first result.
+``ns`` selects a namespace; ``None`` means the user's root namespace.
+
+Block bytes are not in these messages: they travel in binary frames
+(:class:`protocol.framing.BlockFrame`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """One block of a file version. On the wire: ``[hex hash, size]``."""
+
+    hash: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The current (or a past) version of one file or folder."""
+
+    path: str
+    kind: Literal["file", "dir"]
+    file_id: int
+    version: int
+    size: int = 0
+    mtime_ns: int = 0
+    executable: bool = False
+    content_hash: bytes | None = None
+    blocks: list[BlockRef] | None = None  # None where a listing leaves them out
+    deleted: bool = False
+    device: str | None = None
+    committed_ns: int = 0  # server time of the commit
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    ns: int
+    path: str  # where it is mounted in the user's tree ("/" for the root namespace)
+    role: Literal["owner", "editor", "viewer"]
+    head_seq: int
+
+
+class Message:
+    """Base of every message; ``TYPE`` is its name on the wire."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+
+
+# --- handshake -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    versions: list[int]
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    server: str
+    user: str
+    device_id: int
+    max_frame: int
+    max_in_flight: int
+    max_block: int
+    namespaces: list[NamespaceInfo] = field(default_factory=list)
+
+
+# --- requests --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stat(Message):
+    TYPE: ClassVar[str] = "stat"
+    id: int
+    path: str
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFolder(Message):
+    TYPE: ClassVar[str] = "list_folder"
+    id: int
+    path: str
+    ns: int | None = None
+    after: str | None = None  # page cursor: the last path of the previous page
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListChanges(Message):
+    TYPE: ClassVar[str] = "list_changes"
+    id: int
+    since: int  # journal seq already seen (0 = from the start)
+    ns: int | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueryBlocks(Message):
+    """Which of these blocks must I send? (Answered per user: see server.)"""
+
+    TYPE: ClassVar[str] = "query_blocks"
+    id: int
+    hashes: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class GetBlock(Message):
+    TYPE: ClassVar[str] = "get_block"
+    id: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(Message):
+    """Make ``path`` a file with these blocks, based on version ``parent``
+    (``None``: the path must not exist yet)."""
+
+    TYPE: ClassVar[str] = "commit"
+    id: int
+    key: str
+    path: str
+    parent: int | None
+    size: int
+    mtime_ns: int
+    blocks: list[bytes]
+    executable: bool = False
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mkdir(Message):
+    TYPE: ClassVar[str] = "mkdir"
+    id: int
+    key: str
+    path: str
+    parents: bool = True
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Move(Message):
+    TYPE: ClassVar[str] = "move"
+    id: int
+    key: str
+    src: str
+    dst: str
+    parent: int | None = None  # if set, src must still be at this version
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(Message):
+    TYPE: ClassVar[str] = "delete"
+    id: int
+    key: str
+    path: str
+    parent: int | None = None  # if set, path must still be at this version
+    ns: int | None = None
+
+
+# --- replies and pushes ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Message):
+    TYPE: ClassVar[str] = "ok"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryReply(Message):
+    TYPE: ClassVar[str] = "entry"
+    id: int
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Message):
+    TYPE: ClassVar[str] = "listing"
+    id: int
+    entries: list[Entry]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes(Message):
+    TYPE: ClassVar[str] = "changes"
+    id: int
+    ns: int
+    entries: list[Entry]
+    cursor: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksMissing(Message):
+    TYPE: ClassVar[str] = "blocks_missing"
+    id: int
+    missing: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Message):
+    TYPE: ClassVar[str] = "committed"
+    id: int
+    seq: int
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Changed(Message):
+    """Push: namespace ``ns`` has journal entries up to ``seq``. Only a hint."""
+
+    TYPE: ClassVar[str] = "changed"
+    ns: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    id: int | None
+    code: str
+    message: str
+    detail: dict[str, Any] | None = None
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello, Welcome, Ping, Stat, ListFolder, ListChanges, QueryBlocks, GetBlock, Commit, Mkdir, Move,
+    Delete, Pong, Ok, EntryReply, Listing, Changes, BlocksMissing, Committed, Changed, Error,
+)  # fmt: skip
+BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

@@ -1,0 +1,258 @@
+"""The ``ferry`` command.
+
+Every failure prints one line a person can act on and exits non-zero:
+1 for an error the server or the input caused, 2 for bad usage, 3 when the
+server could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
+from client.transfer import Remote, download, stat_or_none, upload
+from client.transport import ConnectionLost
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.framing import _to_wire
+from protocol.paths import name_of, validate_path
+
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS,
+                        help="client state and credentials folder (default $FERRY_HOME or the platform config dir)")
+    common.add_argument("--retry-for", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                        help="keep retrying an unreachable server this long (default 60, or $FERRY_RETRY_SECONDS)")  # fmt: skip
+    p = argparse.ArgumentParser(prog="ferry", parents=[common], description="Ferry: self-hosted file sync")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("server", help="run the sync server (see `ferry server --help`)", add_help=False)
+    sub.add_parser("admin", help="manage users and devices on the server machine", add_help=False)
+
+    login = sub.add_parser("login", parents=[common], help="log this device in to a server")
+    login.add_argument("server", help="server URL, e.g. http://127.0.0.1:8765")
+    login.add_argument("--user", required=True)
+    login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    login.add_argument("--device", default=socket.gethostname(), help="name of this device (default: host name)")
+
+    put = sub.add_parser("put", parents=[common], help="upload a local file")
+    put.add_argument("local", type=Path)
+    put.add_argument("remote", help="destination path on the server, e.g. /isos/big.iso")
+    put.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    get = sub.add_parser("get", parents=[common], help="download a file")
+    get.add_argument("remote")
+    get.add_argument("local", type=Path, nargs="?", help="destination (default: the file's name here)")
+    get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("ls", parents=[common], help="list a folder")
+    ls.add_argument("path", nargs="?", default="/")
+    ls.add_argument("--json", action="store_true", help="one JSON document with every entry")
+
+    mkdir = sub.add_parser("mkdir", parents=[common], help="create a folder (and missing parents)")
+    mkdir.add_argument("path")
+    mv = sub.add_parser("mv", parents=[common], help="move or rename a file or folder (no bytes are sent)")
+    mv.add_argument("src")
+    mv.add_argument("dst")
+    rm = sub.add_parser("rm", parents=[common], help="delete a file or folder (kept in history)")
+    rm.add_argument("path")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("server", "admin"):
+        # the server is a separate package: run it as its own program
+        os.execv(sys.executable, [sys.executable, "-m", "server", *argv])
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("ferry: interrupted", file=sys.stderr)
+        return 130
+    except ProtocolError as e:
+        print(f"ferry: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except NotLoggedIn as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except ConnectionLost as e:
+        print(f"ferry: {e} (gave up after retrying; is the server running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OSError as e:
+        print(f"ferry: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return home_dir(getattr(args, "home", None))
+
+
+def _retry_for(args: argparse.Namespace) -> float:
+    return float(getattr(args, "retry_for", None) or os.environ.get("FERRY_RETRY_SECONDS", 60))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "login":
+        return await _login(args)
+    remote = Remote(load_credentials(_home(args)), _retry_for(args))
+    try:
+        return await COMMANDS[args.command](remote, args)
+    finally:
+        await remote.close()
+
+
+async def _login(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else getpass.getpass("Password: ")
+    url = args.server.rstrip("/")
+    try:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            r = await http.post(f"{url}/api/v1/login",
+                                json={"user": args.user, "password": password, "device": args.device})  # fmt: skip
+    except httpx.HTTPError as e:
+        raise ConnectionLost(f"cannot reach the server at {url}: {e}") from None
+    if r.status_code != 200:
+        try:
+            message = r.json().get("message", r.text)
+        except ValueError:
+            message = r.text.strip() or f"HTTP {r.status_code}"
+        raise ProtocolError(ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message)
+    body = r.json()
+    save_credentials(_home(args), Credentials(url, args.user, body["token"], body["device_id"], args.device))
+    print(f"logged in to {url} as {args.user} (device {args.device!r})")
+    return 0
+
+
+@contextmanager
+def _progress(label: str, total: int, quiet: bool) -> Iterator[Callable[[int], None]]:
+    if quiet or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,  # fmt: skip
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=False) as bar:  # fmt: skip
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+async def _put(remote: Remote, args: argparse.Namespace) -> int:
+    dst = validate_path(args.remote)
+    size = os.stat(args.local).st_size
+    started = time.monotonic()
+    with _progress(f"put {name_of(dst)}", size, args.quiet) as progress:
+        done = await upload(remote, args.local, dst, progress)
+    elapsed = time.monotonic() - started
+    print(f"{dst}: version {done.entry.version}, {_human(size)} in {elapsed:.1f}s")
+    return 0
+
+
+async def _get(remote: Remote, args: argparse.Namespace) -> int:
+    src = validate_path(args.remote)
+    entry = await remote.run(lambda c: _stat(c, src))
+    dest: Path = args.local or Path(name_of(src))
+    if dest.is_dir():
+        dest = dest / name_of(src)
+    with _progress(f"get {name_of(src)}", entry.size, args.quiet) as progress:
+        await download(remote, entry, dest, progress)
+    print(f"{dest}: {_human(entry.size)}, version {entry.version}")
+    return 0
+
+
+async def _stat(conn: Any, path: str) -> m.Entry:
+    entry = await stat_or_none(conn, path)
+    if entry is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder on the server")
+    return entry
+
+
+async def _ls(remote: Remote, args: argparse.Namespace) -> int:
+    path = validate_path(args.path)
+
+    async def listing(conn: Any) -> list[m.Entry]:
+        entries: list[m.Entry] = []
+        after: str | None = None
+        while True:
+            try:
+                page = await conn.call(lambda i, a=after: m.ListFolder(i, path, after=a), m.Listing)
+            except ProtocolError as e:
+                if e.code == ErrorCode.NOT_A_DIRECTORY:
+                    return [await _stat(conn, path)]
+                raise
+            entries += page.entries
+            if page.next is None:
+                return entries
+            after = page.next
+
+    entries = await remote.run(listing)
+    if args.json:
+        out = [{k: v for k, v in _to_wire(e).items() if k != "blocks"} for e in entries]
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    for e in entries:
+        when = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M") if e.mtime_ns else "-"
+        size = "-" if e.kind == "dir" else _human(e.size)
+        name = name_of(e.path) + ("/" if e.kind == "dir" else "")
+        print(f"{size:>10}  {when}  {name}")
+    return 0
+
+
+def _change(make: Callable[[int, str], m.Message], verb: str) -> Callable[[Remote, argparse.Namespace], Any]:
+    async def command(remote: Remote, args: argparse.Namespace) -> int:
+        key = f"{verb}-{os.urandom(12).hex()}"  # same key on every retry: applied once
+        done = await remote.run(lambda c: c.call(lambda i: make(i, key), m.Committed))
+        print(f"{verb}: {done.entry.path}")
+        return 0
+
+    return command
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _mkdir(remote: Remote, args: argparse.Namespace) -> Any:
+    path = validate_path(args.path)
+    return _change(lambda i, k: m.Mkdir(i, k, path), "created")(remote, args)
+
+
+def _mv(remote: Remote, args: argparse.Namespace) -> Any:
+    src, dst = validate_path(args.src), validate_path(args.dst)
+    return _change(lambda i, k: m.Move(i, k, src, dst), "moved to")(remote, args)
+
+
+def _rm(remote: Remote, args: argparse.Namespace) -> Any:
+    path = validate_path(args.path)
+    return _change(lambda i, k: m.Delete(i, k, path), "deleted")(remote, args)
+
+
+COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {
+    "put": _put, "get": _get, "ls": _ls, "mkdir": _mkdir, "mv": _mv, "rm": _rm,
+}  # fmt: skip

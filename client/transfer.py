@@ -1,0 +1,292 @@
+"""Moving whole files: upload as content-defined blocks, sending only what
+the server lacks; download block by block into a staged temp file that is
+verified, fsynced and renamed into place.
+
+Both run under :class:`Remote`, which reconnects with backoff when the
+connection drops and re-runs the operation: an upload re-asks which blocks
+are missing (so it sends only those), a download fetches only blocks it has
+not written yet, and a commit is retried under the same idempotency key (so
+a retry never makes a second version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import stat as stat_mod
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from client.home import Credentials
+from client.transport import Connection, ConnectionLost, backoff_delays, connect
+from protocol import messages as m
+from protocol.chunking import chunk_stream
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import block_hash, content_hash
+
+R = TypeVar("R")
+Progress = Callable[[int], None]  # called with bytes just moved
+BATCH = 8  # blocks per "which are missing?" query
+HELD = 16  # blocks read but not yet sent, at most (bounds memory)
+STAGING_PREFIX = ".ferry-tmp-"
+
+
+class Remote:
+    """A connection that comes back: runs operations, reconnecting with
+    exponential backoff and jitter for up to ``retry_for`` seconds."""
+
+    def __init__(self, creds: Credentials, retry_for: float = 60.0) -> None:
+        self.creds = creds
+        self.retry_for = retry_for
+        self.conn: Connection | None = None
+
+    async def connection(self) -> Connection:
+        if self.conn is None:
+            self.conn = await connect(self.creds.server, self.creds.token, self.retry_for)
+        return self.conn
+
+    async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
+        deadline = time.monotonic() + self.retry_for
+        delays = backoff_delays()
+        while True:
+            try:
+                return await op(await self.connection())
+            except ConnectionLost:
+                if self.conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self.conn.close()
+                    self.conn = None
+                delay = next(delays)
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+# --- upload --------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    hashes: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+
+def _blocks(path: Path) -> Iterator[tuple[int, int, bytes, bytes]]:
+    with open(path, "rb", buffering=0) as f:
+        for b in chunk_stream(f):
+            yield b.offset, b.length, b.hash, bytes(b.data)
+
+
+async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progress) -> None:
+    """Chunk ``src`` (in a worker thread), ask which blocks are missing in
+    batches, and send those; memory is bounded by ``HELD`` blocks."""
+    held = asyncio.Semaphore(HELD)
+    tasks: list[asyncio.Task[None]] = []
+    batch: list[tuple[int, int, bytes, bytes]] = []
+
+    async def send_batch(items: list[tuple[int, int, bytes, bytes]]) -> None:
+        try:
+            reply = await conn.call(lambda i: m.QueryBlocks(i, [h for _, _, h, _ in items]), m.BlocksMissing)
+            missing = set(reply.missing)
+            sends = [conn.put_block(h, data) for _, _, h, data in items if h in missing]
+            await asyncio.gather(*sends)
+            progress(sum(length for _, length, _, _ in items))
+        finally:
+            for _ in items:
+                held.release()
+
+    it = _blocks(src)
+    sentinel = (-1, 0, b"", b"")
+    try:
+        while True:
+            await held.acquire()
+            item = await asyncio.to_thread(next, it, sentinel)
+            if item is sentinel:
+                held.release()
+                break
+            offset, length, h, _ = item
+            plan.offsets.append(offset)
+            plan.sizes.append(length)
+            plan.hashes.append(h)
+            batch.append(item)
+            if len(batch) >= BATCH:
+                tasks.append(asyncio.create_task(send_batch(batch)))
+                batch = []
+        if batch:
+            tasks.append(asyncio.create_task(send_batch(batch)))
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        it.close()
+
+
+async def _resend(conn: Connection, src: Path, plan: _Plan, missing: list[str]) -> None:
+    """The server lost or never got some blocks the commit names: read them
+    again by offset and send them."""
+    want = {bytes.fromhex(h) for h in missing}
+    with open(src, "rb") as f:
+        for offset, size, h in zip(plan.offsets, plan.sizes, plan.hashes, strict=True):
+            if h in want:
+                f.seek(offset)
+                data = f.read(size)
+                if block_hash(data) != h:
+                    raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again")
+                await conn.put_block(h, data)
+                want.discard(h)
+
+
+async def stat_or_none(conn: Connection, path: str) -> m.Entry | None:
+    try:
+        reply = await conn.call(lambda i: m.Stat(i, path), m.EntryReply)
+    except ProtocolError as e:
+        if e.code == ErrorCode.NOT_FOUND:
+            return None
+        raise
+    return reply.entry  # type: ignore[no-any-return]
+
+
+async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> m.Committed:
+    st = os.stat(src)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
+    plan = _Plan()
+
+    async def send(conn: Connection) -> None:
+        plan.__init__()  # type: ignore[misc]  # a retry re-chunks; only missing blocks move
+        await _send_blocks(conn, src, plan, progress)
+
+    await remote.run(send)
+    after = os.stat(src)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or sum(plan.sizes) != st.st_size:
+        raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again")
+    executable = bool(st.st_mode & stat_mod.S_IXUSR)
+    key = f"put-{uuid.uuid4()}"
+
+    async def commit(conn: Connection) -> m.Committed:
+        nonlocal key
+        for _ in range(5):
+            current = await stat_or_none(conn, dst)
+            try:
+                return await conn.call(  # type: ignore[no-any-return]
+                    lambda i, k=key, parent=(current.version if current else None): m.Commit(
+                        i, k, dst, parent, st.st_size, st.st_mtime_ns, plan.hashes, executable),
+                    m.Committed,
+                )  # fmt: skip
+            except ProtocolError as e:
+                if e.code == ErrorCode.MISSING_BLOCKS:
+                    await _resend(conn, src, plan, (e.detail or {}).get("missing", []))
+                elif e.code == ErrorCode.CONFLICT:
+                    key = f"put-{uuid.uuid4()}"  # someone else wrote meanwhile; overwrite their newer version
+                else:
+                    raise
+        raise ProtocolError(ErrorCode.CONFLICT, f"{dst} keeps changing on the server; try again")
+
+    return await remote.run(commit)
+
+
+# --- download ------------------------------------------------------------------------
+
+
+def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes) -> None:
+    if block_hash(data) != expected:
+        raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
+    os.pwrite(fd, data, offset)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress, window: int = 8) -> None:
+    """Fetch ``entry`` into ``dest`` atomically: a staged temp file beside it,
+    every block hash-checked, the content hash checked, fsync, rename, fsync dir."""
+    if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
+        raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
+    if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
+        raise ProtocolError(ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash")
+    folder = dest.parent
+    tmp = folder / f"{STAGING_PREFIX}{dest.name}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    done: set[int] = set()
+    try:
+        os.ftruncate(fd, entry.size)
+        offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
+
+        async def fetch_all(conn: Connection) -> None:
+            slots = asyncio.Semaphore(window)
+
+            async def one(i: int) -> None:
+                async with slots:
+                    ref = entry.blocks[i]  # type: ignore[index]
+                    data = await conn.get_block(ref.hash)
+                    await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
+                    done.add(i)
+                    progress(ref.size)
+
+            await gather_all([one(i) for i in range(len(entry.blocks or [])) if i not in done])
+
+        await remote.run(fetch_all)
+        mode = 0o755 if entry.executable else 0o644
+        await asyncio.to_thread(_finish, fd, mode, entry.mtime_ns, tmp, dest)
+        fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _finish(fd: int, mode: int, mtime_ns: int, tmp: Path, dest: Path) -> None:
+    try:
+        os.fchmod(fd, mode & ~_UMASK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if mtime_ns:
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def itertools_accumulate(sizes: list[int]) -> Iterator[int]:
+    """Start offsets of blocks of these sizes."""
+    offset = 0
+    for s in sizes:
+        yield offset
+        offset += s
+
+
+async def gather_all(coros: list[Awaitable[Any]]) -> None:
+    """Run all; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,230 @@
+"""Block store in a local directory tree: ``root/ab/cd/<64 hex>``.
+
+Writes go to ``root/tmp/`` first, are fsynced, then renamed into place (and the
+directory fsynced), so a block is either wholly visible under its name or not at
+all, even across a crash. Hashing and all file I/O run in worker threads
+(``asyncio.to_thread``); the event loop never waits on the disk.
+
+One process owns a root: temp files left in ``root/tmp/`` by an earlier run are
+deleted when a store is opened on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from server.blockstore import BadBlock, BlockNotFound, StoreUnavailable, check_hash
+
+__all__ = ["FileBlockStore"]
+
+_HEX = frozenset("0123456789abcdef")
+_TMP = "tmp"
+_TMP_SUFFIX = ".tmp"
+
+# Tokens of FileBlockStore instances open in this process: opening a second
+# store on the same root must not delete temp files the first is writing.
+_live_tokens: set[str] = set()
+_live_lock = threading.Lock()
+
+
+def _is_hex(name: str, length: int) -> bool:
+    return len(name) == length and all(c in _HEX for c in name)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlockStore:
+    """Blocks as files under ``root``. See the module docstring for the layout."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / _TMP
+        self._token = secrets.token_hex(8)
+        self._counter = 0
+        with _live_lock:
+            _live_tokens.add(self._token)
+        try:
+            self._prepare()
+        except OSError:
+            pass  # check() reports it with a clear message; put/get fail with StoreUnavailable
+
+    def __repr__(self) -> str:
+        return f"FileBlockStore({str(self.root)!r})"
+
+    @property
+    def url(self) -> str:
+        return f"file:{self.root}"
+
+    # -- sync helpers, run in worker threads -------------------------------
+
+    def _prepare(self) -> None:
+        """Create root and root/tmp, and delete temp files no live store in this process owns."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        with _live_lock:
+            live = set(_live_tokens)
+        with os.scandir(self.tmp) as it:
+            for entry in it:
+                token = entry.name.split(".", 1)[0]
+                if token in live:
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        continue
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def _path(self, h: bytes) -> Path:
+        x = h.hex()
+        return self.root / x[:2] / x[2:4] / x
+
+    def _unavailable(self, action: str, e: OSError) -> StoreUnavailable:
+        reason = e.strerror or str(e)
+        where = f" ({e.filename})" if e.filename else ""
+        return StoreUnavailable(f"block store {self.url}: cannot {action}: {reason}{where}")
+
+    def _put_sync(self, h: bytes, data: bytes | memoryview) -> None:
+        if hashlib.sha256(data).digest() != h:
+            raise BadBlock(
+                f"block {h.hex()}: the {len(data)} bytes sent do not hash to that name (corrupt upload?)"
+            )
+        final = self._path(h)
+        if final.exists():
+            return
+        self._counter += 1  # a race here only risks a duplicate name, and O_EXCL catches that
+        tmp = self.tmp / f"{self._token}.{h.hex()[:16]}.{self._counter}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # Create ab/ and ab/cd/ as needed, fsyncing each new entry's parent.
+            new_dirs = [d for d in (final.parent.parent, final.parent) if not d.is_dir()]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for d in new_dirs:
+                _fsync_dir(d.parent)
+            os.replace(tmp, final)  # atomic; a concurrent put of the same block writes identical bytes
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(final.parent)
+
+    def _get_sync(self, h: bytes) -> bytes:
+        with open(self._path(h), "rb") as f:
+            return f.read()
+
+    def _delete_sync(self, h: bytes) -> None:
+        try:
+            os.unlink(self._path(h))
+        except FileNotFoundError:
+            return
+        _fsync_dir(self._path(h).parent)
+
+    def _list_top(self) -> list[str]:
+        with os.scandir(self.root) as it:
+            return sorted(e.name for e in it if _is_hex(e.name, 2) and e.is_dir(follow_symlinks=False))
+
+    def _list_under(self, ab: str) -> list[bytes]:
+        out: list[bytes] = []
+        top = self.root / ab
+        try:
+            with os.scandir(top) as it:
+                subs = sorted(e.name for e in it if _is_hex(e.name, 2) and e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return out
+        for cd in subs:
+            try:
+                names = os.listdir(top / cd)
+            except FileNotFoundError:
+                continue
+            prefix = ab + cd
+            out.extend(bytes.fromhex(n) for n in names if _is_hex(n, 64) and n.startswith(prefix))
+        return out
+
+    def _check_sync(self) -> None:
+        self._prepare()
+        probe = self.tmp / f"{self._token}.check.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+
+    # -- BlockStore ----------------------------------------------------------
+
+    async def put(self, h: bytes, data: bytes | memoryview) -> None:
+        check_hash(h)
+        try:
+            await asyncio.to_thread(self._put_sync, h, data)
+        except OSError as e:
+            raise self._unavailable(f"write block {h.hex()}", e) from e
+
+    async def get(self, h: bytes) -> bytes:
+        check_hash(h)
+        try:
+            return await asyncio.to_thread(self._get_sync, h)
+        except FileNotFoundError:
+            raise BlockNotFound(f"block {h.hex()} is not in {self.url}") from None
+        except OSError as e:
+            raise self._unavailable(f"read block {h.hex()}", e) from e
+
+    async def has(self, h: bytes) -> bool:
+        check_hash(h)
+        try:
+            return await asyncio.to_thread(os.path.isfile, self._path(h))
+        except OSError as e:  # pragma: no cover - isfile swallows most errors
+            raise self._unavailable(f"stat block {h.hex()}", e) from e
+
+    async def delete(self, h: bytes) -> None:
+        check_hash(h)
+        try:
+            await asyncio.to_thread(self._delete_sync, h)
+        except OSError as e:
+            raise self._unavailable(f"delete block {h.hex()}", e) from e
+
+    async def iter_hashes(self) -> AsyncIterator[bytes]:
+        try:
+            tops = await asyncio.to_thread(self._list_top)
+        except OSError as e:
+            raise self._unavailable("list blocks", e) from e
+        for ab in tops:
+            try:
+                hashes = await asyncio.to_thread(self._list_under, ab)
+            except OSError as e:
+                raise self._unavailable("list blocks", e) from e
+            for h in hashes:
+                yield h
+
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self._check_sync)
+        except OSError as e:
+            raise self._unavailable("write to the block directory", e) from e
+
+    async def close(self) -> None:
+        with _live_lock:
+            _live_tokens.discard(self._token)

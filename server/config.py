@@ -1,0 +1,84 @@
+"""Server settings: each flag is also an environment variable ``FERRY_<NAME>``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.chunking import MAX_BLOCK
+from protocol.framing import HEADER_SIZE
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """``"256MiB"`` → 268435456; plain numbers are bytes."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 2GiB)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("ferry-data")
+    host: str = "127.0.0.1"
+    port: int = 8765
+    database_url: str | None = None  # None: embedded PostgreSQL under data_dir/pg
+    blocks: str | None = None  # None: file:<data_dir>/blocks
+    s3_endpoint: str | None = None
+    cache_bytes: int = 256 * 1024 * 1024
+    max_block: int = MAX_BLOCK
+    max_in_flight: int = 16
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 90.0
+    log_level: str = "info"
+
+    @property
+    def max_frame(self) -> int:
+        return self.max_block + HEADER_SIZE
+
+    @property
+    def block_spec(self) -> str:
+        return self.blocks or f"file:{self.data_dir / 'blocks'}"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("FERRY_" + name.upper().replace("-", "_"), default)
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``serve`` and ``admin`` (which reach the same database)."""
+    p.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", "ferry-data") or "ferry-data"),
+                   help="where the embedded database and local blocks live (default ./ferry-data)")
+    p.add_argument("--database-url", default=_env("database_url"),
+                   help="PostgreSQL URL (default: embedded PostgreSQL under the data dir)")  # fmt: skip
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    add_server_flags(p)
+    p.add_argument("--host", default=_env("host", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(_env("port", "8765") or 8765))
+    p.add_argument("--blocks", default=_env("blocks"),
+                   help="block store: file:PATH (default <data-dir>/blocks) or s3://bucket[/prefix]")
+    p.add_argument("--s3-endpoint", default=_env("s3_endpoint"),
+                   help="S3-compatible endpoint URL (default: AWS); credentials from AWS_* variables")
+    p.add_argument("--cache-bytes", type=parse_size, default=parse_size(_env("cache_bytes", "256MiB") or "256MiB"),
+                   help="size of the in-memory hot-block cache (default 256MiB; 0 disables)")
+    p.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])  # fmt: skip
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings(data_dir=args.data_dir, database_url=args.database_url or None)
+    for name in ("host", "port", "blocks", "s3_endpoint", "cache_bytes", "log_level"):
+        if hasattr(args, name):
+            setattr(s, name, getattr(args, name))
+    return s

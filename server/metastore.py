@@ -1,0 +1,604 @@
+"""Metadata in PostgreSQL: users, devices, namespaces, versions, journal, heads.
+
+Theory of operation for changes (commit, mkdir, move, delete): each runs in
+one transaction that first locks its namespace row (``FOR UPDATE``), which
+serialises changes per namespace and makes ``seq`` gap-free. It then checks
+the parent version (optimistic concurrency: a stale parent is a ``conflict``
+carrying the current entry, never an overwrite), writes immutable version
+rows, one journal row per changed path, moves the heads, records the result
+under the request's idempotency key, and ``NOTIFY``s — so a notice exists
+only for committed data, and a retried request returns the first result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from protocol import framing
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import HASH_BYTES, content_hash
+from protocol.messages import BlockRef, Entry, NamespaceInfo
+from protocol.paths import ancestors, is_within, parent_of
+from server import auth
+
+NOTIFY_CHANNEL = "ferry_changes"
+DEVICES_CHANNEL = "ferry_devices"
+_VERSION_COLS = (
+    "v.version_id, v.file_id, v.path, v.kind, v.deleted, v.size, v.mtime_ns, v.executable,"
+    " v.content_hash, v.block_hashes, v.block_sizes, v.created_at, d.name AS device_name"
+)
+_VERSION_FROM = "versions v LEFT JOIN devices d ON d.device_id = v.device_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: a user on one device."""
+
+    user_id: int
+    user: str
+    device_id: int
+    device: str
+    root_ns: int
+
+
+def _entry(row: asyncpg.Record, with_blocks: bool) -> Entry:
+    blocks = None
+    if with_blocks:
+        raw, sizes = row["block_hashes"], row["block_sizes"]
+        blocks = [BlockRef(raw[i * HASH_BYTES : (i + 1) * HASH_BYTES], s) for i, s in enumerate(sizes)]
+    return Entry(
+        path=row["path"],
+        kind=row["kind"],
+        file_id=row["file_id"],
+        version=row["version_id"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        executable=row["executable"],
+        content_hash=row["content_hash"],
+        blocks=blocks,
+        deleted=row["deleted"],
+        device=row["device_name"],
+        committed_ns=int(row["created_at"].timestamp() * 1e9),
+    )
+
+
+def _conflict(path: str, current: Entry | None, why: str) -> ProtocolError:
+    detail = {"current": framing._to_wire(current) if current else None}
+    return ProtocolError(ErrorCode.CONFLICT, f"{path}: {why}", detail)
+
+
+class MetaStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # --- users and devices ---------------------------------------------------
+
+    async def add_user(self, name: str, password: str) -> int:
+        if not name or len(name) > 64 or not name.isprintable() or "/" in name:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid user name {name!r}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                user_id = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ($1, $2) RETURNING user_id",
+                    name,
+                    auth.hash_password(password),
+                )
+            except asyncpg.UniqueViolationError:
+                raise ProtocolError(ErrorCode.EXISTS, f"user {name!r} already exists") from None
+            ns = await conn.fetchval(
+                "INSERT INTO namespaces (owner_id) VALUES ($1) RETURNING namespace_id", user_id
+            )
+            await conn.execute("UPDATE users SET root_ns = $1 WHERE user_id = $2", ns, user_id)
+            await conn.execute(
+                "INSERT INTO members (namespace_id, user_id, role, mount_path) VALUES ($1, $2, 'owner', '/')",
+                ns,
+                user_id,
+            )
+        return int(user_id)
+
+    async def set_password(self, name: str, password: str) -> None:
+        done = await self.pool.execute(
+            "UPDATE users SET password_hash = $2 WHERE name = $1", name, auth.hash_password(password)
+        )
+        if done.endswith(" 0"):
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no user named {name!r}")
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT u.name, u.created_at, count(d.device_id) FILTER (WHERE d.revoked_at IS NULL) AS devices"
+            " FROM users u LEFT JOIN devices d USING (user_id) GROUP BY u.user_id ORDER BY u.name"
+        )
+        return [
+            {"name": r["name"], "devices": r["devices"], "created": r["created_at"].isoformat()} for r in rows
+        ]
+
+    async def login(self, name: str, password: str, device: str) -> tuple[str, int]:
+        row = await self.pool.fetchrow("SELECT user_id, password_hash FROM users WHERE name = $1", name)
+        # verify against a dummy hash for unknown users so timing does not reveal who exists
+        stored = row["password_hash"] if row else _DUMMY_HASH
+        if not auth.verify_password(stored, password) or row is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong user name or password")
+        token = auth.new_token()
+        device_id = await self.pool.fetchval(
+            "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) RETURNING device_id",
+            row["user_id"],
+            device[:128] or "device",
+            auth.token_digest(token),
+        )
+        return token, int(device_id)
+
+    async def authenticate(self, token: str) -> Principal:
+        row = await self.pool.fetchrow(
+            "UPDATE devices d SET last_seen = now() FROM users u"
+            " WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND u.user_id = d.user_id"
+            " RETURNING u.user_id, u.name AS user, d.device_id, d.name AS device, u.root_ns",
+            auth.token_digest(token),
+        )
+        if row is None:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, "invalid or revoked device token; run `ferry login` again"
+            )
+        return Principal(**dict(row))
+
+    async def list_devices(self, user: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT d.device_id, u.name AS user, d.name, d.created_at, d.last_seen, d.revoked_at"
+            " FROM devices d JOIN users u USING (user_id) WHERE $1::text IS NULL OR u.name = $1"
+            " ORDER BY d.device_id",
+            user,
+        )
+        return [
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(r).items()} for r in rows
+        ]
+
+    async def revoke_device(self, device_id: int, user_id: int | None = None) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(
+                "UPDATE devices SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL"
+                " AND ($2::bigint IS NULL OR user_id = $2)",
+                device_id,
+                user_id,
+            )
+            if done.endswith(" 0"):
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no active device {device_id}")
+            await conn.execute("SELECT pg_notify($1, $2)", DEVICES_CHANNEL, str(device_id))
+
+    async def device_active(self, device_id: int) -> bool:
+        return bool(
+            await self.pool.fetchval("SELECT revoked_at IS NULL FROM devices WHERE device_id = $1", device_id)
+        )
+
+    # --- namespaces ----------------------------------------------------------
+
+    async def namespaces(self, who: Principal) -> list[NamespaceInfo]:
+        rows = await self.pool.fetch(
+            "SELECT m.namespace_id, m.mount_path, m.role, n.head_seq FROM members m"
+            " JOIN namespaces n USING (namespace_id) WHERE m.user_id = $1 ORDER BY m.mount_path",
+            who.user_id,
+        )
+        return [NamespaceInfo(r["namespace_id"], r["mount_path"], r["role"], r["head_seq"]) for r in rows]
+
+    async def _role(self, conn: Any, who: Principal, ns: int | None) -> tuple[int, str]:
+        ns = who.root_ns if ns is None else ns
+        role = await conn.fetchval(
+            "SELECT role FROM members WHERE namespace_id = $1 AND user_id = $2", ns, who.user_id
+        )
+        if role is None:  # same answer whether or not it exists
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no namespace {ns} visible to you")
+        return ns, role
+
+    async def _writable(self, conn: Any, who: Principal, ns: int | None) -> int:
+        ns, role = await self._role(conn, who, ns)
+        if role == "viewer":
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you may only read this folder (viewer)")
+        return ns
+
+    # --- reads -----------------------------------------------------------------
+
+    async def stat(self, who: Principal, path: str, ns: int | None = None) -> Entry:
+        async with self.pool.acquire() as conn:
+            ns, _ = await self._role(conn, who, ns)
+            if path == "/":
+                return Entry("/", "dir", 0, 0)
+            row = await conn.fetchrow(
+                f"SELECT {_VERSION_COLS} FROM heads h JOIN {_VERSION_FROM}"
+                " ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+                " WHERE h.namespace_id = $1 AND h.path = $2",
+                ns,
+                path,
+            )
+        if row is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
+        return _entry(row, with_blocks=True)
+
+    async def list_folder(
+        self, who: Principal, path: str, ns: int | None, after: str | None, limit: int
+    ) -> tuple[list[Entry], str | None]:
+        limit = max(1, min(limit, 5000))
+        async with self.pool.acquire() as conn:
+            ns, _ = await self._role(conn, who, ns)
+            if path != "/":
+                kind = await conn.fetchval(
+                    "SELECT kind FROM heads WHERE namespace_id = $1 AND path = $2", ns, path
+                )
+                if kind is None:
+                    raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such folder")
+                if kind != "dir":
+                    raise ProtocolError(ErrorCode.NOT_A_DIRECTORY, f"{path} is a file, not a folder")
+            rows = await conn.fetch(
+                f"SELECT {_VERSION_COLS} FROM heads h JOIN {_VERSION_FROM}"
+                " ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+                " WHERE h.namespace_id = $1 AND h.parent = $2 AND h.path > $3 ORDER BY h.path LIMIT $4",
+                ns,
+                path,
+                after or "",
+                limit + 1,
+            )
+        entries = [_entry(r, with_blocks=False) for r in rows[:limit]]
+        return entries, (entries[-1].path if len(rows) > limit else None)
+
+    async def list_changes(
+        self, who: Principal, ns: int | None, since: int, limit: int
+    ) -> tuple[int, list[Entry], int, bool]:
+        limit = max(1, min(limit, 5000))
+        async with self.pool.acquire() as conn:
+            ns, _ = await self._role(conn, who, ns)
+            head = await conn.fetchval("SELECT head_seq FROM namespaces WHERE namespace_id = $1", ns)
+            if since < 0 or since > head:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"cursor {since} is not valid for namespace {ns} (head is {head}); resync from 0",
+                )
+            rows = await conn.fetch(
+                f"SELECT j.seq, {_VERSION_COLS} FROM journal j JOIN {_VERSION_FROM}"
+                " ON v.namespace_id = j.namespace_id AND v.version_id = j.version_id"
+                " WHERE j.namespace_id = $1 AND j.seq > $2 ORDER BY j.seq LIMIT $3",
+                ns,
+                since,
+                limit,
+            )
+        cursor = rows[-1]["seq"] if rows else since
+        return ns, [_entry(r, with_blocks=True) for r in rows], cursor, cursor < head
+
+    # --- blocks ------------------------------------------------------------------
+
+    _READABLE = (
+        "SELECT hash FROM uploads WHERE user_id = $1 AND hash = ANY($2::bytea[])"
+        " UNION SELECT nb.hash FROM namespace_blocks nb JOIN members m ON m.namespace_id = nb.namespace_id"
+        " WHERE m.user_id = $1 AND nb.hash = ANY($2::bytea[])"
+    )
+
+    async def missing_blocks(self, who: Principal, hashes: Sequence[bytes]) -> list[bytes]:
+        """Blocks this user must send: all but those stored AND already
+        readable by them (so nobody learns what others have stored)."""
+        if not hashes:
+            return []
+        rows = await self.pool.fetch(
+            f"SELECT b.hash FROM blocks b WHERE b.hash IN ({self._READABLE})", who.user_id, list(hashes)
+        )
+        have = {bytes(r["hash"]) for r in rows}
+        return [h for h in dict.fromkeys(hashes) if h not in have]
+
+    async def can_read_block(self, who: Principal, h: bytes) -> bool:
+        return bool(await self.pool.fetchval(f"SELECT EXISTS ({self._READABLE})", who.user_id, [h]))
+
+    async def block_stored(self, h: bytes) -> bool:
+        return bool(await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = $1)", h))
+
+    async def record_upload(self, who: Principal, h: bytes, size: int) -> None:
+        await self.pool.execute(
+            "WITH b AS (INSERT INTO blocks (hash, size) VALUES ($2, $3) ON CONFLICT DO NOTHING)"
+            " INSERT INTO uploads (user_id, hash) VALUES ($1, $2)"
+            " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now()",
+            who.user_id,
+            h,
+            size,
+        )
+
+    # --- changes -----------------------------------------------------------------
+
+    async def commit_file(
+        self,
+        who: Principal,
+        key: str,
+        ns: int | None,
+        path: str,
+        parent: int | None,
+        size: int,
+        mtime_ns: int,
+        executable: bool,
+        blocks: Sequence[bytes],
+    ) -> tuple[int, Entry]:
+        if path == "/":
+            raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be written as a file")
+        if size < 0:
+            raise ProtocolError(ErrorCode.BAD_ENTRY, "size cannot be negative")
+
+        async def change(tx: _Tx) -> Entry:
+            head = await tx.head(path)
+            if head is not None and head.kind == "dir":
+                raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{path} is a folder")
+            if (head.version if head else None) != parent:
+                why = "changed on the server since your version" if head else "no longer exists on the server"
+                if parent is None:
+                    why = "already exists on the server"
+                raise _conflict(path, head, why)
+            sizes = await tx.block_sizes(blocks)
+            if sum(sizes) != size:
+                raise ProtocolError(
+                    ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
+                )
+            await tx.ensure_folders(path)
+            return await tx.write(
+                file_id=head.file_id if head else None,
+                path=path,
+                kind="file",
+                size=size,
+                mtime_ns=mtime_ns,
+                executable=executable,
+                content_hash=content_hash(blocks),
+                blocks=blocks,
+                sizes=sizes,
+            )
+
+        return await self._change(who, key, ns, change)
+
+    async def mkdir(self, who: Principal, key: str, ns: int | None, path: str) -> tuple[int, Entry]:
+        if path == "/":
+            raise ProtocolError(ErrorCode.EXISTS, "the root folder always exists")
+
+        async def change(tx: _Tx) -> Entry:
+            head = await tx.head(path)
+            if head is not None:
+                if head.kind != "dir":
+                    raise ProtocolError(ErrorCode.EXISTS, f"{path}: a file is already there")
+                return head
+            await tx.ensure_folders(path)
+            return await tx.write(file_id=None, path=path, kind="dir")
+
+        return await self._change(who, key, ns, change)
+
+    async def delete(
+        self, who: Principal, key: str, ns: int | None, path: str, parent: int | None
+    ) -> tuple[int, Entry]:
+        if path == "/":
+            raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be deleted")
+
+        async def change(tx: _Tx) -> Entry:
+            head = await tx.head(path)
+            if head is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
+            if parent is not None and head.version != parent:
+                raise _conflict(path, head, "changed on the server since your version")
+            # descendants first, deepest first, then the entry itself
+            for child in reversed(await tx.subtree(path)):
+                await tx.write_from(child, path=child.path, deleted=True)
+            return await tx.write_from(head, path=path, deleted=True)
+
+        return await self._change(who, key, ns, change)
+
+    async def move(
+        self, who: Principal, key: str, ns: int | None, src: str, dst: str, parent: int | None
+    ) -> tuple[int, Entry]:
+        if "/" in (src, dst):
+            raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be moved or replaced")
+        if src != dst and is_within(dst, src):
+            raise ProtocolError(ErrorCode.BAD_PATH, f"cannot move {src} into itself ({dst})")
+
+        async def change(tx: _Tx) -> Entry:
+            head = await tx.head(src)
+            if head is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"{src}: no such file or folder")
+            if parent is not None and head.version != parent:
+                raise _conflict(src, head, "changed on the server since your version")
+            if src == dst:
+                return head
+            target = await tx.head(dst)
+            # a case-only rename (a.txt -> A.txt) is a move, not a collision
+            if target is not None and target.file_id != head.file_id:
+                raise ProtocolError(ErrorCode.EXISTS, f"{dst}: something is already there")
+            await tx.ensure_folders(dst)
+            moved = await tx.write_from(head, path=dst)
+            for child in await tx.subtree(src):
+                await tx.write_from(child, path=dst + child.path[len(src) :])
+            return moved
+
+        return await self._change(who, key, ns, change)
+
+    async def _change(self, who: Principal, key: str, ns: int | None, change: Any) -> tuple[int, Entry]:
+        if not key or len(key) > 200:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "a change needs an idempotency key of 1-200 characters"
+            )
+        async with self.pool.acquire() as conn:
+            for attempt in range(2):
+                done = await conn.fetchval(
+                    "SELECT result FROM requests WHERE user_id = $1 AND key = $2", who.user_id, key
+                )
+                if done is not None:
+                    return _replay(done)
+                try:
+                    async with conn.transaction():
+                        ns_id = await self._writable(conn, who, ns)
+                        tx = await _Tx.begin(conn, who, ns_id)
+                        entry = await change(tx)
+                        seq = await tx.finish()
+                        result = orjson.dumps({"seq": seq, "entry": framing._to_wire(entry)}).decode()
+                        await conn.execute(
+                            "INSERT INTO requests (user_id, key, result) VALUES ($1, $2, $3::jsonb)",
+                            who.user_id,
+                            key,
+                            result,
+                        )
+                    return seq, entry
+                except asyncpg.UniqueViolationError:
+                    if attempt:  # a concurrent retry of the same request won; return its result
+                        raise
+        raise AssertionError("unreachable")
+
+
+def _replay(result: str) -> tuple[int, Entry]:
+    body = orjson.loads(result)
+    return body["seq"], framing._from_wire(Entry, body["entry"], "entry")
+
+
+_DUMMY_HASH = auth.hash_password("not a real password")
+
+
+class _Tx:
+    """One change transaction on one (locked) namespace."""
+
+    def __init__(self, conn: Any, who: Principal, ns: int, seq: int) -> None:
+        self.conn, self.who, self.ns = conn, who, ns
+        self.start_seq = self.seq = seq
+
+    @classmethod
+    async def begin(cls, conn: Any, who: Principal, ns: int) -> _Tx:
+        seq = await conn.fetchval("SELECT head_seq FROM namespaces WHERE namespace_id = $1 FOR UPDATE", ns)
+        return cls(conn, who, ns, seq)
+
+    async def head(self, path: str) -> Entry | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {_VERSION_COLS} FROM heads h JOIN {_VERSION_FROM}"
+            " ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+            " WHERE h.namespace_id = $1 AND h.path = $2",
+            self.ns,
+            path,
+        )
+        return _entry(row, with_blocks=True) if row else None
+
+    async def subtree(self, folder: str) -> list[Entry]:
+        """Every live entry strictly below ``folder``, parents before children."""
+        rows = await self.conn.fetch(
+            f"SELECT {_VERSION_COLS} FROM heads h JOIN {_VERSION_FROM}"
+            " ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+            " WHERE h.namespace_id = $1 AND h.path > $2 AND h.path < $3 ORDER BY h.path",
+            self.ns,
+            folder + "/",
+            folder + "0",  # '0' sorts right after '/' in the C collation
+        )
+        return [_entry(r, with_blocks=True) for r in rows]
+
+    async def ensure_folders(self, path: str) -> None:
+        """Create missing ancestor folders (like mkdir -p); a file in the way is an error."""
+        for folder in ancestors(path):
+            head = await self.head(folder)
+            if head is None:
+                await self.write(file_id=None, path=folder, kind="dir")
+            elif head.kind != "dir":
+                raise ProtocolError(ErrorCode.NOT_A_DIRECTORY, f"{folder} is a file, not a folder")
+
+    async def block_sizes(self, blocks: Sequence[bytes]) -> list[int]:
+        if not blocks:
+            return []
+        rows = await self.conn.fetch(
+            f"SELECT b.hash, b.size FROM blocks b WHERE b.hash IN ({MetaStore._READABLE})",
+            self.who.user_id,
+            list(set(blocks)),
+        )
+        sizes = {bytes(r["hash"]): r["size"] for r in rows}
+        missing = [h for h in dict.fromkeys(blocks) if h not in sizes]
+        if missing:
+            raise ProtocolError(
+                ErrorCode.MISSING_BLOCKS,
+                f"{len(missing)} block(s) must be uploaded before this commit",
+                {"missing": [h.hex() for h in missing]},
+            )
+        return [sizes[h] for h in blocks]
+
+    async def write_from(self, old: Entry, *, path: str, deleted: bool = False) -> Entry:
+        blocks = [b.hash for b in old.blocks or []]
+        return await self.write(
+            file_id=old.file_id,
+            path=path,
+            kind=old.kind,
+            size=old.size,
+            mtime_ns=old.mtime_ns,
+            executable=old.executable,
+            content_hash=old.content_hash,
+            blocks=blocks,
+            sizes=[b.size for b in old.blocks or []],
+            deleted=deleted,
+            old_path=old.path,
+        )
+
+    async def write(
+        self,
+        *,
+        file_id: int | None,
+        path: str,
+        kind: str,
+        size: int = 0,
+        mtime_ns: int = 0,
+        executable: bool = False,
+        content_hash: bytes | None = None,
+        blocks: Sequence[bytes] = (),
+        sizes: Sequence[int] = (),
+        deleted: bool = False,
+        old_path: str | None = None,
+    ) -> Entry:
+        """Append one version + journal row and move the head."""
+        self.seq += 1
+        row = await self.conn.fetchrow(
+            "WITH n AS (SELECT nextval('ids') AS version_id),"
+            " ids AS (SELECT version_id, coalesce($2::bigint, version_id) AS file_id FROM n)"
+            " INSERT INTO versions (namespace_id, version_id, file_id, path, kind, deleted, size, mtime_ns,"
+            " executable, content_hash, block_hashes, block_sizes, device_id)"
+            " SELECT $1, version_id, file_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM ids"
+            " RETURNING version_id, file_id, created_at",
+            self.ns, file_id, path, kind, deleted, size, mtime_ns, executable, content_hash,
+            b"".join(blocks), list(sizes), self.who.device_id,
+        )  # fmt: skip
+        await self.conn.execute(
+            "INSERT INTO journal (namespace_id, seq, version_id) VALUES ($1, $2, $3)",
+            self.ns,
+            self.seq,
+            row["version_id"],
+        )
+        if (old_path is not None and old_path != path) or deleted:
+            await self.conn.execute(
+                "DELETE FROM heads WHERE namespace_id = $1 AND path = $2", self.ns, old_path or path
+            )
+        if not deleted:
+            await self.conn.execute(
+                "INSERT INTO heads (namespace_id, path, parent, file_id, version_id, kind, seq)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (namespace_id, path) DO UPDATE"
+                " SET file_id = EXCLUDED.file_id, version_id = EXCLUDED.version_id, kind = EXCLUDED.kind,"
+                " seq = EXCLUDED.seq",
+                self.ns, path, parent_of(path), row["file_id"], row["version_id"], kind, self.seq,
+            )  # fmt: skip
+        if blocks:
+            await self.conn.execute(
+                "INSERT INTO namespace_blocks (namespace_id, hash) SELECT $1, unnest($2::bytea[])"
+                " ON CONFLICT DO NOTHING",
+                self.ns,
+                list(set(blocks)),
+            )
+        return Entry(
+            path=path,
+            kind=kind,  # type: ignore[arg-type]
+            file_id=row["file_id"],
+            version=row["version_id"],
+            size=size,
+            mtime_ns=mtime_ns,
+            executable=executable,
+            content_hash=content_hash,
+            blocks=[BlockRef(h, s) for h, s in zip(blocks, sizes, strict=True)],
+            deleted=deleted,
+            device=self.who.device,
+            committed_ns=int(row["created_at"].timestamp() * 1e9) if row["created_at"] else time.time_ns(),
+        )
+
+    async def finish(self) -> int:
+        if self.seq != self.start_seq:
+            await self.conn.execute(
+                "UPDATE namespaces SET head_seq = $2 WHERE namespace_id = $1", self.ns, self.seq
+            )
+            await self.conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{self.ns}:{self.seq}")
+        return self.seq

@@ -1,0 +1,89 @@
+"""Fans PostgreSQL NOTIFYs out to this process's connected devices.
+
+Commits ``NOTIFY ferry_changes '<ns>:<seq>'`` inside their transaction, so a
+notice exists only for committed data; revocations notify ``ferry_devices``.
+Every server process LISTENs on one dedicated connection. Notices are hints:
+a device that misses one catches up from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+import asyncpg
+
+from server.metastore import DEVICES_CHANNEL, NOTIFY_CHANNEL
+
+log = logging.getLogger("ferry.notifier")
+ChangeHandler = Callable[[int, int], None]
+
+
+class Notifier:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: asyncpg.Connection | None = None
+        self._by_ns: defaultdict[int, set[ChangeHandler]] = defaultdict(set)
+        self._by_device: defaultdict[int, set[Callable[[], None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._watch())
+
+    async def _connect(self) -> None:
+        self._conn = await asyncpg.connect(self.url)
+        await self._conn.add_listener(NOTIFY_CHANNEL, self._on_change)
+        await self._conn.add_listener(DEVICES_CHANNEL, self._on_device)
+
+    async def _watch(self) -> None:
+        """Reconnect the LISTEN connection if PostgreSQL drops it; tell every
+        subscriber to re-check (a notice may have been missed meanwhile)."""
+        while True:
+            await asyncio.sleep(2)
+            if self._conn is not None and not self._conn.is_closed():
+                continue
+            try:
+                await self._connect()
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("notifier reconnect failed: %s", e)
+                continue
+            for ns, handlers in list(self._by_ns.items()):
+                for handler in list(handlers):
+                    handler(ns, -1)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+    def subscribe(self, ns: int, handler: ChangeHandler) -> None:
+        self._by_ns[ns].add(handler)
+
+    def unsubscribe(self, ns: int, handler: ChangeHandler) -> None:
+        self._by_ns[ns].discard(handler)
+        if not self._by_ns[ns]:
+            del self._by_ns[ns]
+
+    def watch_device(self, device_id: int, on_revoked: Callable[[], None]) -> None:
+        self._by_device[device_id].add(on_revoked)
+
+    def unwatch_device(self, device_id: int, on_revoked: Callable[[], None]) -> None:
+        self._by_device[device_id].discard(on_revoked)
+        if not self._by_device[device_id]:
+            del self._by_device[device_id]
+
+    def _on_change(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            ns, seq = (int(x) for x in payload.split(":"))
+        except ValueError:
+            return
+        for handler in list(self._by_ns.get(ns, ())):
+            handler(ns, seq)
+
+    def _on_device(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for handler in list(self._by_device.get(int(payload), ())) if payload.isdigit() else ():
+            handler()

@@ -1,0 +1,79 @@
+"""What every request handler needs: settings, metadata, blocks, notices.
+
+Also the one place where store errors become protocol errors, so nothing
+above sees asyncpg, botocore or OS error types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import HASH_BYTES
+from server.blockstore import BadBlock, BlockNotFound, BlockStore, BlockStoreError, StoreUnavailable
+from server.config import Settings
+from server.metastore import MetaStore, Principal
+from server.notifier import Notifier
+
+log = logging.getLogger("ferry.services")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    meta: MetaStore
+    blocks: BlockStore
+    notifier: Notifier
+
+    async def put_block(self, who: Principal, h: bytes, data: memoryview | bytes) -> None:
+        """Store a block the user sent. The bytes must hash to ``h`` even when
+        the block is already stored: that proves the sender has the content."""
+        if len(h) != HASH_BYTES:
+            raise ProtocolError(ErrorCode.BAD_BLOCK, "a block must be named by a 32-byte SHA-256")
+        if len(data) > self.settings.max_block:
+            raise ProtocolError(
+                ErrorCode.BAD_BLOCK, f"block of {len(data)} bytes exceeds the {self.settings.max_block}-byte limit"
+            )
+        with translate_errors():
+            if await self.meta.block_stored(h):
+                if await asyncio.to_thread(lambda: hashlib.sha256(data).digest()) != h:
+                    raise BadBlock("block bytes do not match their SHA-256")
+            else:
+                await self.blocks.put(h, data)  # verifies, then durable
+            await self.meta.record_upload(who, h, len(data))
+
+    async def get_block(self, who: Principal, h: bytes) -> bytes:
+        with translate_errors():
+            if not await self.meta.can_read_block(who, h):
+                # same answer as for a block nobody has
+                raise BlockNotFound(f"no block {h.hex()}")
+            return await self.blocks.get(h)
+
+
+
+
+class translate_errors:
+    """Map store and database errors to :class:`ProtocolError`."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, ProtocolError):
+            return
+        if isinstance(exc, BadBlock):
+            raise ProtocolError(ErrorCode.BAD_BLOCK, str(exc)) from None
+        if isinstance(exc, BlockNotFound):
+            raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from None
+        if isinstance(exc, StoreUnavailable | BlockStoreError):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable, retry shortly: {exc}") from None
+        if isinstance(exc, asyncpg.PostgresError):
+            log.exception("database error")
+            raise ProtocolError(ErrorCode.INTERNAL, "internal database error; see the server log") from None

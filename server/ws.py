@@ -1,0 +1,244 @@
+"""The WebSocket endpoint: one session per connected device.
+
+A session authenticates the upgrade (bearer token; 401 before accepting),
+negotiates the version (``hello``/``welcome``), then reads frames and runs
+each request as its own task, at most ``max_in_flight`` at once: when that
+many are running the reader stops reading, so a flooding client is slowed by
+TCP back-pressure instead of growing queues. A bad request gets an error
+frame for its id; the session and every other request carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from protocol import framing
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.paths import validate_path
+from protocol.version import negotiate
+from server.metastore import Principal
+from server.services import Services, translate_errors
+
+log = logging.getLogger("ferry.ws")
+SERVER_NAME = "ferry/0.1"
+SEND_TIMEOUT = 60.0
+MAX_QUERY_HASHES = 20_000
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    header = websocket.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    try:
+        if not token:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing device token; run `ferry login` first")
+        with translate_errors():
+            who = await services.meta.authenticate(token)
+    except ProtocolError as e:
+        status = 401 if e.code == ErrorCode.UNAUTHORIZED else 503
+        await websocket.send_denial_response(PlainTextResponse(e.message, status_code=status))
+        return
+    await websocket.accept()
+    await Session(websocket, services, who).run()
+
+
+class Session:
+    def __init__(self, ws: WebSocket, services: Services, who: Principal) -> None:
+        self.ws, self.services, self.who = ws, services, who
+        self.settings = services.settings
+        self._send_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pushes: dict[int, int] = {}
+        self._push_ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._namespaces: list[int] = []
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        pusher = asyncio.create_task(self._push_loop())
+        self.services.notifier.watch_device(self.who.device_id, self._revoked)
+        try:
+            if await self._handshake():
+                await self._read_loop()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._closed.set()
+            self.services.notifier.unwatch_device(self.who.device_id, self._revoked)
+            for ns in self._namespaces:
+                self.services.notifier.unsubscribe(ns, self._on_change)
+            pusher.cancel()
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def _receive(self, timeout: float) -> str | bytes:
+        try:
+            msg = await asyncio.wait_for(self.ws.receive(), timeout)
+        except TimeoutError:
+            await self._close(1001, "idle timeout")
+            raise WebSocketDisconnect(1001) from None
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        return msg.get("text") if msg.get("text") is not None else msg["bytes"]
+
+    async def _handshake(self) -> bool:
+        frame = await self._receive(self.settings.handshake_timeout)
+        try:
+            if not isinstance(frame, str):
+                raise ProtocolError(ErrorCode.PROTOCOL, "the first frame must be a hello message")
+            hello = framing.decode(frame)
+            if not isinstance(hello, m.Hello):
+                raise ProtocolError(ErrorCode.PROTOCOL, f"expected hello first, got {hello.TYPE}")
+            version = negotiate(hello.versions)
+            with translate_errors():
+                spaces = await self.services.meta.namespaces(self.who)
+        except ProtocolError as e:
+            await self._send(framing.error_for(None, e))
+            await self._close(1002 if e.code != ErrorCode.UNAVAILABLE else 1011, e.message[:120])
+            return False
+        self._namespaces = [n.ns for n in spaces]
+        for ns in self._namespaces:
+            self.services.notifier.subscribe(ns, self._on_change)
+        await self._send(
+            m.Welcome(
+                version=version,
+                server=SERVER_NAME,
+                user=self.who.user,
+                device_id=self.who.device_id,
+                max_frame=self.settings.max_frame,
+                max_in_flight=self.settings.max_in_flight,
+                max_block=self.settings.max_block,
+                namespaces=spaces,
+            )
+        )
+        return True
+
+    async def _read_loop(self) -> None:
+        while True:
+            frame = await self._receive(self.settings.idle_timeout)
+            await self._slots.acquire()  # back-pressure: stop reading while full
+            task = asyncio.create_task(self._handle(frame))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    def _revoked(self) -> None:
+        asyncio.get_running_loop().create_task(self._close(4001, "device token revoked"))
+
+    # --- pushes ------------------------------------------------------------------
+
+    def _on_change(self, ns: int, seq: int) -> None:
+        self._pushes[ns] = max(seq, self._pushes.get(ns, 0))
+        self._push_ready.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._push_ready.wait()
+            self._push_ready.clear()
+            pushes, self._pushes = self._pushes, {}
+            for ns, seq in pushes.items():
+                if seq < 0:  # the notifier reconnected: tell the device where the head is now
+                    seq = next((n.head_seq for n in await self.services.meta.namespaces(self.who) if n.ns == ns), 0)
+                with contextlib.suppress(Exception):
+                    await self._send(m.Changed(ns, seq))
+
+    # --- sending -----------------------------------------------------------------
+
+    async def _send(self, payload: m.Message | bytes) -> None:
+        data: Any = framing.encode(payload) if isinstance(payload, m.Message) else payload
+        async with self._send_lock:
+            try:
+                if isinstance(data, str):
+                    await asyncio.wait_for(self.ws.send_text(data), SEND_TIMEOUT)
+                else:
+                    await asyncio.wait_for(self.ws.send_bytes(data), SEND_TIMEOUT)
+            except TimeoutError:  # the client stopped reading: cut it off, spare the others
+                await self._close(1008, "client is not reading")
+                raise
+
+    # --- requests ----------------------------------------------------------------
+
+    async def _handle(self, frame: str | bytes) -> None:
+        req_id: int | None = None
+        try:
+            if isinstance(frame, bytes):
+                block = framing.decode_block(frame)
+                req_id = block.id
+                if block.kind != framing.KIND_PUT:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "clients may only send PUT block frames")
+                await self.services.put_block(self.who, block.hash, block.data)
+                reply: m.Message | bytes = m.Ok(block.id)
+            else:
+                msg = framing.decode(frame)
+                req_id = getattr(msg, "id", None)
+                reply = await self._dispatch(msg)
+            await self._send(reply)
+        except ProtocolError as e:
+            if req_id is None and e.detail:
+                req_id = e.detail.get("id")
+            await self._reply_error(req_id, e)
+        except (asyncio.CancelledError, WebSocketDisconnect, TimeoutError, RuntimeError):
+            pass
+        except Exception:
+            log.exception("request %s failed", req_id)
+            await self._reply_error(req_id, ProtocolError(ErrorCode.INTERNAL, "internal error; see the server log"))
+
+    async def _reply_error(self, req_id: int | None, e: ProtocolError) -> None:
+        with contextlib.suppress(Exception):
+            await self._send(framing.error_for(req_id, e))
+
+    async def _dispatch(self, msg: m.Message) -> m.Message | bytes:
+        meta, who = self.services.meta, self.who
+        with translate_errors():
+            match msg:
+                case m.Ping(id=i):
+                    return m.Pong(i)
+                case m.Stat(id=i, path=p, ns=ns):
+                    return m.EntryReply(i, await meta.stat(who, validate_path(p), ns))
+                case m.ListFolder(id=i, path=p, ns=ns, after=after, limit=limit):
+                    entries, nxt = await meta.list_folder(who, validate_path(p), ns, after, limit)
+                    return m.Listing(i, entries, nxt)
+                case m.ListChanges(id=i, since=since, ns=ns, limit=limit):
+                    ns_id, entries, cursor, more = await meta.list_changes(who, ns, since, limit)
+                    return m.Changes(i, ns_id, entries, cursor, more)
+                case m.QueryBlocks(id=i, hashes=hashes):
+                    if len(hashes) > MAX_QUERY_HASHES:
+                        raise ProtocolError(ErrorCode.TOO_LARGE, f"ask about at most {MAX_QUERY_HASHES} blocks at once")
+                    return m.BlocksMissing(i, await meta.missing_blocks(who, hashes))
+                case m.GetBlock(id=i, hash=h):
+                    data = await self.services.get_block(who, h)
+                    return framing.encode_block(framing.KIND_DATA, i, h, data)
+                case m.Commit() as c:
+                    seq, entry = await meta.commit_file(
+                        who, c.key, c.ns, validate_path(c.path), c.parent, c.size, c.mtime_ns, c.executable, c.blocks
+                    )
+                    return m.Committed(c.id, seq, entry)
+                case m.Mkdir(id=i, key=key, path=p, ns=ns):
+                    seq, entry = await meta.mkdir(who, key, ns, validate_path(p))
+                    return m.Committed(i, seq, entry)
+                case m.Move(id=i, key=key, src=src, dst=dst, parent=parent, ns=ns):
+                    seq, entry = await meta.move(who, key, ns, validate_path(src), validate_path(dst), parent)
+                    return m.Committed(i, seq, entry)
+                case m.Delete(id=i, key=key, path=p, parent=parent, ns=ns):
+                    seq, entry = await meta.delete(who, key, ns, validate_path(p), parent)
+                    return m.Committed(i, seq, entry)
+                case m.Hello():
+                    raise ProtocolError(ErrorCode.PROTOCOL, "hello was already exchanged")
+                case _:
+                    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.TYPE} is not a request a client may send")

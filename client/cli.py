@@ -55,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("local", type=Path)
     put.add_argument("remote", help="destination path on the server, e.g. /isos/big.iso")
     put.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    put.add_argument("--json", action="store_true", help="print the result as JSON (path, version, size, sent, seconds)")
 
     get = sub.add_parser("get", parents=[common], help="download a file")
     get.add_argument("remote")
     get.add_argument("local", type=Path, nargs="?", help="destination (default: the file's name here)")
     get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    get.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ls = sub.add_parser("ls", parents=[common], help="list a folder")
     ls.add_argument("path", nargs="?", default="/")
@@ -163,9 +165,12 @@ async def _put(remote: Remote, args: argparse.Namespace) -> int:
     size = os.stat(args.local).st_size
     started = time.monotonic()
     with _progress(f"put {name_of(dst)}", size, args.quiet) as progress:
-        done = await upload(remote, args.local, dst, progress)
+        done, sent = await upload(remote, args.local, dst, progress)
     elapsed = time.monotonic() - started
-    print(f"{dst}: version {done.entry.version}, {_human(size)} in {elapsed:.1f}s")
+    if args.json:
+        _print_json({"path": dst, "version": done.entry.version, "size": size, "sent": sent, "seconds": elapsed})
+    else:
+        print(f"{dst}: version {done.entry.version}, {_human(size)} in {elapsed:.1f}s, {_human(sent)} sent")
     return 0
 
 
@@ -175,9 +180,14 @@ async def _get(remote: Remote, args: argparse.Namespace) -> int:
     dest: Path = args.local or Path(name_of(src))
     if dest.is_dir():
         dest = dest / name_of(src)
+    started = time.monotonic()
     with _progress(f"get {name_of(src)}", entry.size, args.quiet) as progress:
         await download(remote, entry, dest, progress)
-    print(f"{dest}: {_human(entry.size)}, version {entry.version}")
+    elapsed = time.monotonic() - started
+    if args.json:
+        _print_json({"path": src, "local": str(dest), "version": entry.version, "size": entry.size, "seconds": elapsed})
+    else:
+        print(f"{dest}: version {entry.version}, {_human(entry.size)} in {elapsed:.1f}s")
     return 0
 
 
@@ -208,8 +218,7 @@ async def _ls(remote: Remote, args: argparse.Namespace) -> int:
 
     entries = await remote.run(listing)
     if args.json:
-        out = [{k: v for k, v in _to_wire(e).items() if k != "blocks"} for e in entries]
-        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json([{k: v for k, v in _to_wire(e).items() if k != "blocks"} for e in entries])
         return 0
     for e in entries:
         when = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M") if e.mtime_ns else "-"
@@ -227,6 +236,10 @@ def _change(make: Callable[[int, str], m.Message], verb: str) -> Callable[[Remot
         return 0
 
     return command
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _human(n: int) -> str:

@@ -80,6 +80,7 @@ class _Plan:
     hashes: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    sent: int = 0  # block bytes actually sent (the rest the server had)
 
 
 def _blocks(path: Path) -> Iterator[tuple[int, int, bytes, bytes]]:
@@ -101,6 +102,7 @@ async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progr
             missing = set(reply.missing)
             sends = [conn.put_block(h, data) for _, _, h, data in items if h in missing]
             await asyncio.gather(*sends)
+            plan.sent += sum(len(data) for _, _, h, data in items if h in missing)
             progress(sum(length for _, length, _, _ in items))
         finally:
             for _ in items:
@@ -144,6 +146,7 @@ async def _resend(conn: Connection, src: Path, plan: _Plan, missing: list[str]) 
                 if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again")
                 await conn.put_block(h, data)
+                plan.sent += size
                 want.discard(h)
 
 
@@ -157,14 +160,16 @@ async def stat_or_none(conn: Connection, path: str) -> m.Entry | None:
     return reply.entry  # type: ignore[no-any-return]
 
 
-async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> m.Committed:
+async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tuple[m.Committed, int]:
+    """Upload ``src`` to ``dst`` (overwriting what is there); returns the
+    commit and how many block bytes had to be sent."""
     st = os.stat(src)
     if not stat_mod.S_ISREG(st.st_mode):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
     plan = _Plan()
 
     async def send(conn: Connection) -> None:
-        plan.__init__()  # type: ignore[misc]  # a retry re-chunks; only missing blocks move
+        plan.hashes, plan.offsets, plan.sizes = [], [], []  # a retry re-chunks; only missing blocks move
         await _send_blocks(conn, src, plan, progress)
 
     await remote.run(send)
@@ -193,7 +198,7 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> m.C
                     raise
         raise ProtocolError(ErrorCode.CONFLICT, f"{dst} keeps changing on the server; try again")
 
-    return await remote.run(commit)
+    return await remote.run(commit), plan.sent
 
 
 # --- download ------------------------------------------------------------------------

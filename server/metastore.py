@@ -334,6 +334,11 @@ class MetaStore:
                 raise ProtocolError(
                     ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
                 )
+            digest = content_hash(blocks)
+            if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
+                digest, size, mtime_ns, executable
+            ):
+                return head  # nothing changed: no new version
             await tx.ensure_folders(path)
             return await tx.write(
                 file_id=head.file_id if head else None,
@@ -342,7 +347,7 @@ class MetaStore:
                 size=size,
                 mtime_ns=mtime_ns,
                 executable=executable,
-                content_hash=content_hash(blocks),
+                content_hash=digest,
                 blocks=blocks,
                 sizes=sizes,
             )

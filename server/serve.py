@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -47,6 +48,9 @@ def serve(settings: Settings) -> int:
           f"{'embedded under ' + str(settings.data_dir / 'pg') if embedded else 'external'})", flush=True)
     print(f"  add a user:  ferry admin user add alice --password-stdin{dd}", flush=True)
     print(f"  log in:      ferry login {base} --user alice --password-stdin", flush=True)  # fmt: skip
+    # uvicorn re-raises the signal that stopped it once it has shut down;
+    # a no-op SIGTERM handler lets us stop the embedded database after it.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     finally:

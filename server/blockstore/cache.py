@@ -114,7 +114,9 @@ class LRUBytesMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
             self._bytes = 0
         return True
 
-    async def _raw(self, command: str, *args: Any, encoding: str | None = "utf-8", _conn: Any = None, **kwargs: Any) -> Any:
+    async def _raw(
+        self, command: str, *args: Any, encoding: str | None = "utf-8", _conn: Any = None, **kwargs: Any
+    ) -> Any:
         raise NotImplementedError("raw access would bypass the byte accounting")
 
     async def _redlock_release(self, key: Any, value: Any) -> int:

@@ -35,7 +35,14 @@ __all__ = ["S3BlockStore"]
 _THREAD_HASH_BYTES = 256 * 1024
 
 _UNAVAILABLE_CODES = frozenset(
-    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+    }
 )
 _ACCESS_CODES = frozenset(
     {
@@ -76,12 +83,14 @@ class S3BlockStore:
         read_timeout: float = 30,
         max_attempts: int = 3,
         max_connections: int = 64,
+        list_page_size: int = 1000,
     ) -> None:
         self.bucket = bucket
         prefix = prefix.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self.endpoint_url = endpoint_url
         self.region = _region()
+        self.list_page_size = list_page_size  # keys per list_objects_v2 call (S3 caps it at 1000)
         self._keys_prefix = f"{self.prefix}blocks/"
         self._config = AioConfig(
             connect_timeout=connect_timeout,
@@ -223,7 +232,7 @@ class S3BlockStore:
             return True
         except BlockStoreError as e:
             cause = e.__cause__
-            if isinstance(cause, ClientError) and _error_info(cause)[:2] in (("404", 404), ("NoSuchKey", 404)):
+            if isinstance(cause, ClientError) and _error_info(cause)[0] in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
 
@@ -238,7 +247,12 @@ class S3BlockStore:
         start = len(self._keys_prefix)
         with self._errors("list blocks"):
             paginator = s3.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._keys_prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._keys_prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            async for page in pages:
                 for obj in page.get("Contents", ()):
                     rest = obj["Key"][start:]
                     ab, _, x = rest.partition("/")
@@ -278,7 +292,9 @@ class S3BlockStore:
                 ) from cause
             if isinstance(e, StoreUnavailable):
                 raise
-            raise StoreUnavailable(f"block store s3://{self.bucket}: cannot create the bucket: {e}") from cause
+            raise StoreUnavailable(
+                f"block store s3://{self.bucket}: cannot create the bucket: {e}"
+            ) from cause
 
     async def close(self) -> None:
         async with self._lock:

@@ -36,8 +36,11 @@ EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=argparse.SUPPRESS,
-                        help="client state and credentials folder (default $FERRY_HOME or the platform config dir)")
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="client state and credentials folder (default $FERRY_HOME or the platform config dir)",
+    )
     common.add_argument("--retry-for", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
                         help="keep retrying an unreachable server this long (default 60, or $FERRY_RETRY_SECONDS)")  # fmt: skip
     p = argparse.ArgumentParser(prog="ferry", parents=[common], description="Ferry: self-hosted file sync")
@@ -49,13 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("server", help="server URL, e.g. http://127.0.0.1:8765")
     login.add_argument("--user", required=True)
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    login.add_argument("--device", default=socket.gethostname(), help="name of this device (default: host name)")
+    login.add_argument(
+        "--device", default=socket.gethostname(), help="name of this device (default: host name)"
+    )
 
     put = sub.add_parser("put", parents=[common], help="upload a local file")
     put.add_argument("local", type=Path)
     put.add_argument("remote", help="destination path on the server, e.g. /isos/big.iso")
     put.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    put.add_argument("--json", action="store_true", help="print the result as JSON (path, version, size, sent, seconds)")
+    put.add_argument(
+        "--json", action="store_true", help="print the result as JSON (path, version, size, sent, seconds)"
+    )
 
     get = sub.add_parser("get", parents=[common], help="download a file")
     get.add_argument("remote")
@@ -107,7 +114,8 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _retry_for(args: argparse.Namespace) -> float:
-    return float(getattr(args, "retry_for", None) or os.environ.get("FERRY_RETRY_SECONDS", 60))
+    explicit = getattr(args, "retry_for", None)
+    return float(explicit if explicit is not None else os.environ.get("FERRY_RETRY_SECONDS", "60"))
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -115,7 +123,7 @@ async def _run(args: argparse.Namespace) -> int:
         return await _login(args)
     remote = Remote(load_credentials(_home(args)), _retry_for(args))
     try:
-        return await COMMANDS[args.command](remote, args)
+        return int(await COMMANDS[args.command](remote, args))
     finally:
         await remote.close()
 
@@ -134,7 +142,9 @@ async def _login(args: argparse.Namespace) -> int:
             message = r.json().get("message", r.text)
         except ValueError:
             message = r.text.strip() or f"HTTP {r.status_code}"
-        raise ProtocolError(ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message)
+        raise ProtocolError(
+            ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message
+        )
     body = r.json()
     save_credentials(_home(args), Credentials(url, args.user, body["token"], body["device_id"], args.device))
     print(f"logged in to {url} as {args.user} (device {args.device!r})")
@@ -168,7 +178,9 @@ async def _put(remote: Remote, args: argparse.Namespace) -> int:
         done, sent = await upload(remote, args.local, dst, progress)
     elapsed = time.monotonic() - started
     if args.json:
-        _print_json({"path": dst, "version": done.entry.version, "size": size, "sent": sent, "seconds": elapsed})
+        _print_json(
+            {"path": dst, "version": done.entry.version, "size": size, "sent": sent, "seconds": elapsed}
+        )
     else:
         print(f"{dst}: version {done.entry.version}, {_human(size)} in {elapsed:.1f}s, {_human(sent)} sent")
     return 0
@@ -185,7 +197,15 @@ async def _get(remote: Remote, args: argparse.Namespace) -> int:
         await download(remote, entry, dest, progress)
     elapsed = time.monotonic() - started
     if args.json:
-        _print_json({"path": src, "local": str(dest), "version": entry.version, "size": entry.size, "seconds": elapsed})
+        _print_json(
+            {
+                "path": src,
+                "local": str(dest),
+                "version": entry.version,
+                "size": entry.size,
+                "seconds": elapsed,
+            }
+        )
     else:
         print(f"{dest}: version {entry.version}, {_human(entry.size)} in {elapsed:.1f}s")
     return 0

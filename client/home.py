@@ -48,6 +48,8 @@ def load_credentials(home: Path) -> Credentials:
         data = orjson.loads((home / "credentials.json").read_bytes())
         return Credentials(**data)
     except FileNotFoundError:
-        raise NotLoggedIn(f"not logged in (no credentials in {home}); run `ferry login URL --user NAME`") from None
+        raise NotLoggedIn(
+            f"not logged in (no credentials in {home}); run `ferry login URL --user NAME`"
+        ) from None
     except (orjson.JSONDecodeError, TypeError):
         raise NotLoggedIn(f"credentials in {home} are unreadable; run `ferry login` again") from None

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import stat as stat_mod
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,7 +84,7 @@ class _Plan:
     sent: int = 0  # block bytes actually sent (the rest the server had)
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, int, bytes, bytes]]:
+def _blocks(path: Path) -> Generator[tuple[int, int, bytes, bytes], None, None]:
     with open(path, "rb", buffering=0) as f:
         for b in chunk_stream(f):
             yield b.offset, b.length, b.hash, bytes(b.data)
@@ -144,7 +145,9 @@ async def _resend(conn: Connection, src: Path, plan: _Plan, missing: list[str]) 
                 f.seek(offset)
                 data = f.read(size)
                 if block_hash(data) != h:
-                    raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again")
+                    raise ProtocolError(
+                        ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again"
+                    )
                 await conn.put_block(h, data)
                 plan.sent += size
                 want.discard(h)
@@ -183,12 +186,11 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tup
         nonlocal key
         for _ in range(5):
             current = await stat_or_none(conn, dst)
+            request = functools.partial(m.Commit, key=key, path=dst, parent=current.version if current else None,
+                                        size=st.st_size, mtime_ns=st.st_mtime_ns, blocks=plan.hashes,
+                                        executable=executable)  # fmt: skip
             try:
-                return await conn.call(  # type: ignore[no-any-return]
-                    lambda i, k=key, parent=(current.version if current else None): m.Commit(
-                        i, k, dst, parent, st.st_size, st.st_mtime_ns, plan.hashes, executable),
-                    m.Committed,
-                )  # fmt: skip
+                return await conn.call(request, m.Committed)  # type: ignore[no-any-return]
             except ProtocolError as e:
                 if e.code == ErrorCode.MISSING_BLOCKS:
                     await _resend(conn, src, plan, (e.detail or {}).get("missing", []))
@@ -224,7 +226,9 @@ async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progres
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
-        raise ProtocolError(ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash")
+        raise ProtocolError(
+            ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash"
+        )
     folder = dest.parent
     tmp = folder / f"{STAGING_PREFIX}{dest.name}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -162,7 +162,9 @@ async def open_connection(server: str, token: str) -> Connection:
         status = e.response.status_code
         body = e.response.body.decode(errors="replace").strip() if e.response.body else ""
         if status == 401:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, body or "the server refused this device's token") from None
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, body or "the server refused this device's token"
+            ) from None
         raise ConnectionLost(f"server at {server} answered HTTP {status}: {body}") from None
     except InvalidURI:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"not a server URL: {server!r}") from None

@@ -42,6 +42,8 @@ class BlockFrame:
 
 
 def encode_block(kind: int, req_id: int, block_hash: bytes, data: bytes | memoryview) -> bytes:
+    if len(block_hash) != HASH_BYTES:  # struct would silently pad or truncate it
+        raise ValueError(f"a block hash is {HASH_BYTES} bytes, got {len(block_hash)}")
     return HEADER.pack(kind, req_id, block_hash) + data
 
 
@@ -94,7 +96,9 @@ def _from_wire(tp: Any, value: Any, where: str) -> Any:
         return _from_wire(inner[0], value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {where!r}: {value!r} is not one of {typing.get_args(tp)}")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"field {where!r}: {value!r} is not one of {typing.get_args(tp)}"
+            )
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -203,13 +207,21 @@ class StreamDecoder:
             if kind not in (TEXT, BINARY):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown stream frame kind {kind}")
             if length > self.max_frame:
-                raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {length} bytes exceeds the {self.max_frame}-byte limit")
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE, f"frame of {length} bytes exceeds the {self.max_frame}-byte limit"
+                )
             end = _STREAM_HEADER.size + length
             if len(self._buf) < end:
                 return
             payload = bytes(self._buf[_STREAM_HEADER.size : end])
             del self._buf[:end]
-            self._out.append(payload.decode() if kind == TEXT else payload)
+            if kind == BINARY:
+                self._out.append(payload)
+                continue
+            try:
+                self._out.append(payload.decode())
+            except UnicodeDecodeError:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "text frame is not valid UTF-8") from None
 
     def frames_received(self) -> list[str | bytes]:
         out, self._out = self._out, []

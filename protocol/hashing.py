@@ -30,4 +30,7 @@ def parse_hash(text: object) -> bytes:
     """Hex string from the wire → 32 raw bytes, or ValueError."""
     if not isinstance(text, str) or len(text) != 2 * HASH_BYTES:
         raise ValueError(f"not a SHA-256 hex digest: {text!r}")
-    return bytes.fromhex(text)
+    raw = bytes.fromhex(text)  # skips ASCII whitespace, so check the length again
+    if len(raw) != HASH_BYTES:
+        raise ValueError(f"not a SHA-256 hex digest: {text!r}")
+    return raw

@@ -39,10 +39,12 @@ async def login(request: Request) -> Response:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be JSON: {user, password, device}") from None
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "body must be JSON: {user, password, device}"
+            ) from None
         if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("user", "password")):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be JSON: {user, password, device}")
-        device = data.get("device") if isinstance(data.get("device"), str) else "device"
+        device = str(data["device"]) if isinstance(data.get("device"), str) else "device"
         with translate_errors():
             token, device_id = await services.meta.login(data["user"], data["password"], device)
     except ProtocolError as e:

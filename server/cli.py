@@ -24,12 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferry", description="Ferry server and administration")
     sub = p.add_subparsers(dest="command", required=True)
     add_serve_flags(sub.add_parser("server", help="run the sync server"))
-    admin = sub.add_parser("admin", help="manage users and devices").add_subparsers(dest="what", required=True)
+    admin = sub.add_parser("admin", help="manage users and devices").add_subparsers(
+        dest="what", required=True
+    )
     user = admin.add_parser("user", help="users").add_subparsers(dest="action", required=True)
     for action in ("add", "passwd"):
         a = user.add_parser(action, help=f"{action} a user (password read from standard input)")
         a.add_argument("name")
-        a.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
+        a.add_argument(
+            "--password-stdin", action="store_true", required=True, help="read the password from stdin"
+        )
         add_server_flags(a)
     add_server_flags(user.add_parser("list", help="list users"))
     device = admin.add_parser("device", help="devices").add_subparsers(dest="action", required=True)

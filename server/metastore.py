@@ -336,7 +336,10 @@ class MetaStore:
                 )
             digest = content_hash(blocks)
             if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
-                digest, size, mtime_ns, executable
+                digest,
+                size,
+                mtime_ns,
+                executable,
             ):
                 return head  # nothing changed: no new version
             await tx.ensure_folders(path)
@@ -432,6 +435,13 @@ class MetaStore:
                     async with conn.transaction():
                         ns_id = await self._writable(conn, who, ns)
                         tx = await _Tx.begin(conn, who, ns_id)
+                        # again under the namespace lock: the same request may have been
+                        # in flight twice, and the other one committed while we waited
+                        done = await conn.fetchval(
+                            "SELECT result FROM requests WHERE user_id = $1 AND key = $2", who.user_id, key
+                        )
+                        if done is not None:
+                            return _replay(done)
                         entry = await change(tx)
                         seq = await tx.finish()
                         result = orjson.dumps({"seq": seq, "entry": framing._to_wire(entry)}).decode()

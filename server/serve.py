@@ -16,13 +16,17 @@ log = logging.getLogger("ferry")
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = settings.database_url is None
     try:
         url = db.embedded_database_url(settings.data_dir) if embedded else settings.database_url
     except Exception as e:
-        print(f"ferry: cannot start the embedded PostgreSQL under {settings.data_dir}/pg: {e}", file=sys.stderr)
+        print(
+            f"ferry: cannot start the embedded PostgreSQL under {settings.data_dir}/pg: {e}", file=sys.stderr
+        )
         return 1
     assert url is not None
     app = create_app(settings, url)
@@ -44,8 +48,11 @@ def serve(settings: Settings) -> int:
     server = uvicorn.Server(config)
     base = f"http://{settings.host}:{settings.port}"
     dd = "" if str(settings.data_dir) == "ferry-data" else f" --data-dir {settings.data_dir}"
-    print(f"Ferry server starting on {base} (blocks: {settings.block_spec}; database: "
-          f"{'embedded under ' + str(settings.data_dir / 'pg') if embedded else 'external'})", flush=True)
+    print(
+        f"Ferry server starting on {base} (blocks: {settings.block_spec}; database: "
+        f"{'embedded under ' + str(settings.data_dir / 'pg') if embedded else 'external'})",
+        flush=True,
+    )
     print(f"  add a user:  ferry admin user add alice --password-stdin{dd}", flush=True)
     print(f"  log in:      ferry login {base} --user alice --password-stdin", flush=True)  # fmt: skip
     # uvicorn re-raises the signal that stopped it once it has shut down;

@@ -37,7 +37,8 @@ class Services:
             raise ProtocolError(ErrorCode.BAD_BLOCK, "a block must be named by a 32-byte SHA-256")
         if len(data) > self.settings.max_block:
             raise ProtocolError(
-                ErrorCode.BAD_BLOCK, f"block of {len(data)} bytes exceeds the {self.settings.max_block}-byte limit"
+                ErrorCode.BAD_BLOCK,
+                f"block of {len(data)} bytes exceeds the {self.settings.max_block}-byte limit",
             )
         with translate_errors():
             if await self.meta.block_stored(h):
@@ -53,8 +54,6 @@ class Services:
                 # same answer as for a block nobody has
                 raise BlockNotFound(f"no block {h.hex()}")
             return await self.blocks.get(h)
-
-
 
 
 class translate_errors:
@@ -73,7 +72,9 @@ class translate_errors:
         if isinstance(exc, StoreUnavailable | BlockStoreError):
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable, retry shortly: {exc}") from None
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, f"database unavailable, retry shortly: {exc}"
+            ) from None
         if isinstance(exc, asyncpg.PostgresError):
             log.exception("database error")
             raise ProtocolError(ErrorCode.INTERNAL, "internal database error; see the server log") from None

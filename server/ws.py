@@ -88,7 +88,8 @@ class Session:
             raise WebSocketDisconnect(1001) from None
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
-        return msg.get("text") if msg.get("text") is not None else msg["bytes"]
+        text: str | None = msg.get("text")
+        return text if text is not None else bytes(msg["bytes"])
 
     async def _handshake(self) -> bool:
         frame = await self._receive(self.settings.handshake_timeout)
@@ -154,7 +155,9 @@ class Session:
             pushes, self._pushes = self._pushes, {}
             for ns, seq in pushes.items():
                 if seq < 0:  # the notifier reconnected: tell the device where the head is now
-                    seq = next((n.head_seq for n in await self.services.meta.namespaces(self.who) if n.ns == ns), 0)
+                    seq = next(
+                        (n.head_seq for n in await self.services.meta.namespaces(self.who) if n.ns == ns), 0
+                    )
                 with contextlib.suppress(Exception):
                     await self._send(m.Changed(ns, seq))
 
@@ -197,7 +200,9 @@ class Session:
             pass
         except Exception:
             log.exception("request %s failed", req_id)
-            await self._reply_error(req_id, ProtocolError(ErrorCode.INTERNAL, "internal error; see the server log"))
+            await self._reply_error(
+                req_id, ProtocolError(ErrorCode.INTERNAL, "internal error; see the server log")
+            )
 
     async def _reply_error(self, req_id: int | None, e: ProtocolError) -> None:
         with contextlib.suppress(Exception):
@@ -219,14 +224,24 @@ class Session:
                     return m.Changes(i, ns_id, entries, cursor, more)
                 case m.QueryBlocks(id=i, hashes=hashes):
                     if len(hashes) > MAX_QUERY_HASHES:
-                        raise ProtocolError(ErrorCode.TOO_LARGE, f"ask about at most {MAX_QUERY_HASHES} blocks at once")
+                        raise ProtocolError(
+                            ErrorCode.TOO_LARGE, f"ask about at most {MAX_QUERY_HASHES} blocks at once"
+                        )
                     return m.BlocksMissing(i, await meta.missing_blocks(who, hashes))
                 case m.GetBlock(id=i, hash=h):
                     data = await self.services.get_block(who, h)
                     return framing.encode_block(framing.KIND_DATA, i, h, data)
                 case m.Commit() as c:
                     seq, entry = await meta.commit_file(
-                        who, c.key, c.ns, validate_path(c.path), c.parent, c.size, c.mtime_ns, c.executable, c.blocks
+                        who,
+                        c.key,
+                        c.ns,
+                        validate_path(c.path),
+                        c.parent,
+                        c.size,
+                        c.mtime_ns,
+                        c.executable,
+                        c.blocks,
                     )
                     return m.Committed(c.id, seq, entry)
                 case m.Mkdir(id=i, key=key, path=p, ns=ns):
@@ -241,4 +256,6 @@ class Session:
                 case m.Hello():
                     raise ProtocolError(ErrorCode.PROTOCOL, "hello was already exchanged")
                 case _:
-                    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.TYPE} is not a request a client may send")
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_TYPE, f"{msg.TYPE} is not a request a client may send"
+                    )

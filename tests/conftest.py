@@ -38,7 +38,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., FerryServer]]:
+def make_server(
+    tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., FerryServer]]:
     started: list[FerryServer] = []
 
     def make(backend: str = "file", **kw: object) -> FerryServer:

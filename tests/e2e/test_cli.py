@@ -25,7 +25,7 @@ def random_file(path: Path, size: int, seed: int = 1) -> bytes:
     return data
 
 
-def as_json(r) -> object:  # noqa: ANN001
+def as_json(r) -> object:
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -71,7 +71,9 @@ def test_put_get_ls_and_tree_operations(alice: Device, tmp_path: Path) -> None:
     assert out.read_bytes() == edited
 
 
-def test_empty_and_executable_files_round_trip(make_server: Callable[..., FerryServer], tmp_path: Path) -> None:
+def test_empty_and_executable_files_round_trip(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> None:
     server = make_server("file")
     server.admin("user", "add", "u", "--password-stdin", stdin="pw\n")
     dev = Device(tmp_path / "h", server).login("u", "pw")
@@ -91,7 +93,9 @@ def test_empty_and_executable_files_round_trip(make_server: Callable[..., FerryS
     assert os.stat(copy).st_mode & 0o100 and os.stat(copy).st_mtime_ns == 1_600_000_000_123_456_789
 
 
-def test_bad_input_gets_one_clear_line_and_nonzero_exit(make_server: Callable[..., FerryServer], tmp_path: Path) -> None:
+def test_bad_input_gets_one_clear_line_and_nonzero_exit(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> None:
     server = make_server("file")
     server.admin("user", "add", "u", "--password-stdin", stdin="right\n")
     dev = Device(tmp_path / "h", server)
@@ -145,7 +149,9 @@ def test_s3_down_gives_clear_error_and_server_keeps_serving(
     make_server: Callable[..., FerryServer], tmp_path: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    server = FerryServer(tmp_path / "srv", make_server("file").database_url, "s3://nowhere", dead, port=free_port())
+    server = FerryServer(
+        tmp_path / "srv", make_server("file").database_url, "s3://nowhere", dead, port=free_port()
+    )
     server.start()
     try:
         server.admin("user", "add", "u", "--password-stdin", stdin="pw\n")
@@ -187,7 +193,9 @@ def test_client_killed_mid_upload_resumes_without_resending(alice: Device, tmp_p
     assert hashlib.sha256((tmp_path / "copy").read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
-def test_server_killed_mid_commit_leaves_old_or_new(make_server: Callable[..., FerryServer], tmp_path: Path) -> None:
+def test_server_killed_mid_commit_leaves_old_or_new(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> None:
     server = make_server("file")
     server.admin("user", "add", "u", "--password-stdin", stdin="pw\n")
     dev = Device(tmp_path / "h", server).login("u", "pw")

@@ -96,6 +96,7 @@ LONGEST_PATH = "/" + "/".join([LONGEST_NAME] * 16)  # 16 * 256 bytes
         "/emoji 😀",
         "/" + LONGEST_NAME,
         "/" + "é" * 127,  # 254 bytes
+        "/" + "/".join(["é" * 127] * 16),  # 4080 bytes
         LONGEST_PATH,
     ],
 )
@@ -157,6 +158,7 @@ def test_nfd_input_is_normalised_to_nfc(nfd: str, expected: str) -> None:
         "/" + "a" * (MAX_NAME_BYTES + 1),
         "/x/" + "é" * 128,  # 256 bytes in UTF-8
         LONGEST_PATH + "b",
+        "/" + "/".join(["é" * 127] * 17),  # 2176 characters but 4335 bytes
         "/" + "/".join(["a"] * 2049),  # 4098 bytes of short names
     ],
 )

@@ -23,7 +23,7 @@ FERRY = [sys.executable, "-c", "from client.cli import main; raise SystemExit(ma
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _run(coro):  # noqa: ANN001, ANN202
+def _run(coro):
     return asyncio.run(coro)
 
 
@@ -107,7 +107,16 @@ class FerryServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> FerryServer:
-        cmd = [*FERRY, "server", "--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
+        cmd = [
+            *FERRY,
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
         if self.blocks:
@@ -115,7 +124,7 @@ class FerryServer:
         if self.s3_endpoint:
             cmd += ["--s3-endpoint", self.s3_endpoint]
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "server.log", "ab")
         env = {**os.environ, **TEST_AWS_ENV}
         self.proc = subprocess.Popen(cmd + self.extra, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

@@ -94,44 +94,46 @@ async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progr
     """Chunk ``src`` (in a worker thread), ask which blocks are missing in
     batches, and send those; memory is bounded by ``HELD`` blocks."""
     held = asyncio.Semaphore(HELD)
-    tasks: list[asyncio.Task[None]] = []
     batch: list[tuple[int, int, bytes, bytes]] = []
 
     async def send_batch(items: list[tuple[int, int, bytes, bytes]]) -> None:
+        count = len(items)
         try:
             reply = await conn.call(lambda i: m.QueryBlocks(i, [h for _, _, h, _ in items]), m.BlocksMissing)
             missing = set(reply.missing)
-            sends = [conn.put_block(h, data) for _, _, h, data in items if h in missing]
-            await asyncio.gather(*sends)
+            await asyncio.gather(*(conn.put_block(h, data) for _, _, h, data in items if h in missing))
             plan.sent += sum(len(data) for _, _, h, data in items if h in missing)
             progress(sum(length for _, length, _, _ in items))
         finally:
-            for _ in items:
+            items.clear()  # a failed task's traceback must not pin the bytes
+            for _ in range(count):
                 held.release()
 
     it = _blocks(src)
     sentinel = (-1, 0, b"", b"")
     try:
-        while True:
-            await held.acquire()
-            item = await asyncio.to_thread(next, it, sentinel)
-            if item is sentinel:
-                held.release()
-                break
-            offset, length, h, _ = item
-            plan.offsets.append(offset)
-            plan.sizes.append(length)
-            plan.hashes.append(h)
-            batch.append(item)
-            if len(batch) >= BATCH:
-                tasks.append(asyncio.create_task(send_batch(batch)))
-                batch = []
-        if batch:
-            tasks.append(asyncio.create_task(send_batch(batch)))
-        await asyncio.gather(*tasks)
+        # the first failure cancels the other batches and stops the reading at once
+        async with asyncio.TaskGroup() as group:
+
+            while True:
+                await held.acquire()
+                item = await asyncio.to_thread(next, it, sentinel)
+                if item is sentinel:
+                    held.release()
+                    break
+                offset, length, h, _ = item
+                plan.offsets.append(offset)
+                plan.sizes.append(length)
+                plan.hashes.append(h)
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    group.create_task(send_batch(batch))
+                    batch = []
+            if batch:
+                group.create_task(send_batch(batch))
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
     finally:
-        for t in tasks:
-            t.cancel()
         it.close()
 
 

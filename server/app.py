@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from starlette.applications import Starlette
@@ -59,6 +61,8 @@ async def healthz(request: Request) -> Response:
 def create_app(settings: Settings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # block hashing and fsyncs run in worker threads; several per in-flight block
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
         pool = await db.create_pool(database_url)
         blocks = open_block_store(
             settings.block_spec,

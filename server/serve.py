@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -36,7 +37,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws=os.environ.get("FERRY_WS_IMPL", "websockets"),
         ws_max_size=settings.max_frame,
         ws_per_message_deflate=False,  # block frames are incompressible; no deflate bombs
         ws_ping_interval=20.0,

@@ -1,4 +1,5 @@
-"""Block store in a local directory tree: ``root/ab/cd/<64 hex>``.
+"""Block store in a local directory tree: ``root/ab/<64 hex>`` (256 folders,
+created up front, so a put never creates a directory).
 
 Writes go to ``root/tmp/`` first, are fsynced, then renamed into place (and the
 directory fsynced), so a block is either wholly visible under its name or not at
@@ -74,6 +75,10 @@ class FileBlockStore:
     def _prepare(self) -> None:
         """Create root and root/tmp, and delete temp files no live store in this process owns."""
         self.tmp.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "ff").is_dir():
+            for i in range(256):
+                (self.root / f"{i:02x}").mkdir(exist_ok=True)
+            _fsync_dir(self.root)
         with _live_lock:
             live = set(_live_tokens)
         with os.scandir(self.tmp) as it:
@@ -90,7 +95,7 @@ class FileBlockStore:
 
     def _path(self, h: bytes) -> Path:
         x = h.hex()
-        return self.root / x[:2] / x[2:4] / x
+        return self.root / x[:2] / x
 
     def _unavailable(self, action: str, e: OSError) -> StoreUnavailable:
         reason = e.strerror or str(e)
@@ -117,11 +122,6 @@ class FileBlockStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            # Create ab/ and ab/cd/ as needed, fsyncing each new entry's parent.
-            new_dirs = [d for d in (final.parent.parent, final.parent) if not d.is_dir()]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            for d in new_dirs:
-                _fsync_dir(d.parent)
             os.replace(tmp, final)  # atomic; a concurrent put of the same block writes identical bytes
         except BaseException:
             try:
@@ -147,21 +147,11 @@ class FileBlockStore:
             return sorted(e.name for e in it if _is_hex(e.name, 2) and e.is_dir(follow_symlinks=False))
 
     def _list_under(self, ab: str) -> list[bytes]:
-        out: list[bytes] = []
-        top = self.root / ab
         try:
-            with os.scandir(top) as it:
-                subs = sorted(e.name for e in it if _is_hex(e.name, 2) and e.is_dir(follow_symlinks=False))
+            names = os.listdir(self.root / ab)
         except FileNotFoundError:
-            return out
-        for cd in subs:
-            try:
-                names = os.listdir(top / cd)
-            except FileNotFoundError:
-                continue
-            prefix = ab + cd
-            out.extend(bytes.fromhex(n) for n in names if _is_hex(n, 64) and n.startswith(prefix))
-        return out
+            return []
+        return [bytes.fromhex(n) for n in names if _is_hex(n, 64) and n.startswith(ab)]
 
     def _check_sync(self) -> None:
         self._prepare()

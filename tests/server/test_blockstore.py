@@ -173,7 +173,7 @@ async def test_local_layout_and_no_leftover_temp_files(tmp_path: Path) -> None:
     data = block(7)
     x = h(data).hex()
     await s.put(h(data), data)
-    assert (tmp_path / x[:2] / x[2:4] / x).read_bytes() == data
+    assert (tmp_path / x[:2] / x).read_bytes() == data
     with pytest.raises(BadBlock):
         await s.put(h(data), block(8))
     await asyncio.gather(*(s.put(h(block(i)), block(i)) for i in range(10)))

@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
+from client.memory import limit_malloc_arenas
 from client.transfer import Remote, download, stat_or_none, upload
 from client.transport import ConnectionLost
 from protocol import messages as m
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         # the server is a separate package: run it as its own program
         os.execv(sys.executable, [sys.executable, "-m", "server", *argv])
     args = _parser().parse_args(argv)
+    limit_malloc_arenas()
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ class Settings:
     database_url: str | None = None  # None: embedded PostgreSQL under data_dir/pg
     blocks: str | None = None  # None: file:<data_dir>/blocks
     s3_endpoint: str | None = None
-    cache_bytes: int = 64 * 1024 * 1024
+    cache_bytes: int = 32 * 1024 * 1024
     max_block: int = MAX_BLOCK
     max_in_flight: int = 16
     handshake_timeout: float = 10.0
@@ -84,8 +84,8 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-bytes",
         type=parse_size,
-        default=parse_size(_env("cache_bytes", "64MiB") or "64MiB"),
-        help="size of the in-memory hot-block cache (default 64MiB; 0 disables)",
+        default=parse_size(_env("cache_bytes", "32MiB") or "32MiB"),
+        help="size of the in-memory hot-block cache (default 32MiB; 0 disables)",
     )
     p.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])  # fmt: skip
 

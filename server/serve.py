@@ -12,11 +12,13 @@ import uvicorn
 from server import db
 from server.app import create_app
 from server.config import Settings
+from server.memory import limit_malloc_arenas
 
 log = logging.getLogger("ferry")
 
 
 def serve(settings: Settings) -> int:
+    limit_malloc_arenas()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -26,9 +26,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.config import parse_size  # noqa: E402
-from tests.support.moto_server import moto_server  # noqa: E402
-from tests.support.servers import FERRY, Device, FerryServer, admin_url, create_database, drop_database  # noqa: E402
+from server.config import parse_size
+from tests.support.moto_server import moto_server
+from tests.support.servers import FERRY, Device, FerryServer, admin_url, create_database, drop_database
 
 MB = 1e6
 
@@ -91,7 +91,9 @@ def timed(device: Device, server: FerryServer, *args: str) -> tuple[float, float
     env = {**os.environ, "FERRY_HOME": str(device.home)}
     server_rss = PeakRSS(server.proc.pid)  # type: ignore[union-attr]
     start = time.perf_counter()
-    proc = subprocess.Popen([*FERRY, *args, "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [*FERRY, *args, "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     client_rss = PeakRSS(proc.pid)
     out, err = proc.communicate()
     seconds = time.perf_counter() - start
@@ -138,9 +140,15 @@ def main() -> None:
             "get_server_peak_rss_MB": round(get_server),
         }
         print(json.dumps(figures))
-        print(f"\n{args.size / 2**30:.2f} GiB over loopback ({args.backend} blocks); SHA-256 single core {sha:.0f} MB/s")
-        print(f"  put  {figures['put_MBps']:>5} MB/s   client peak {put_client:.0f} MB   server peak {put_server:.0f} MB")
-        print(f"  get  {figures['get_MBps']:>5} MB/s   client peak {get_client:.0f} MB   server peak {get_server:.0f} MB")
+        print(
+            f"\n{args.size / 2**30:.2f} GiB over loopback ({args.backend} blocks); SHA-256 single core {sha:.0f} MB/s"
+        )
+        print(
+            f"  put  {figures['put_MBps']:>5} MB/s   client peak {put_client:.0f} MB   server peak {put_server:.0f} MB"
+        )
+        print(
+            f"  get  {figures['get_MBps']:>5} MB/s   client peak {get_client:.0f} MB   server peak {get_server:.0f} MB"
+        )
     finally:
         server.stop()
         if moto:

@@ -25,7 +25,11 @@ from server.config import parse_size  # noqa: E402
 
 
 def last_json(out: str, prefix: str = "") -> dict:
-    lines = [ln[len(prefix) :] for ln in out.splitlines() if ln.startswith(prefix) and ln[len(prefix) :].startswith("{")]
+    lines = [
+        ln[len(prefix) :]
+        for ln in out.splitlines()
+        if ln.startswith(prefix) and ln[len(prefix) :].startswith("{")
+    ]
     return json.loads(lines[-1])
 
 

@@ -114,7 +114,6 @@ async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progr
     try:
         # the first failure cancels the other batches and stops the reading at once
         async with asyncio.TaskGroup() as group:
-
             while True:
                 await held.acquire()
                 item = await asyncio.to_thread(next, it, sentinel)

@@ -29,7 +29,7 @@ from client.transfer import Remote, download, stat_or_none, upload
 from client.transport import ConnectionLost
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.framing import _to_wire
+from protocol.framing import to_wire
 from protocol.paths import name_of, validate_path
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -82,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("dst")
     rm = sub.add_parser("rm", parents=[common], help="delete a file or folder (kept in history)")
     rm.add_argument("path")
+
+    sync = sub.add_parser("sync", parents=[common], help="keep a local folder in sync with your Ferry tree")
+    sync.add_argument("folder", type=Path)
+    sync.add_argument(
+        "--once", action="store_true", help="sync both ways until nothing is pending, then exit"
+    )
+    sync.add_argument(
+        "--confirm-deletes",
+        action="store_true",
+        default=os.environ.get("FERRY_CONFIRM_DELETES") == "1",
+        help="let a scan that deleted over 25%% of the files (and 100+) delete them on the server",
+    )
+    status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
+    status.add_argument("--json", action="store_true")
     return p
 
 
@@ -123,6 +137,10 @@ def _retry_for(args: argparse.Namespace) -> float:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "login":
         return await _login(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "sync":
+        return await _sync(args)
     remote = Remote(load_credentials(_home(args)), _retry_for(args))
     try:
         return int(await COMMANDS[args.command](remote, args))
@@ -240,7 +258,7 @@ async def _ls(remote: Remote, args: argparse.Namespace) -> int:
 
     entries = await remote.run(listing)
     if args.json:
-        _print_json([{k: v for k, v in _to_wire(e).items() if k != "blocks"} for e in entries])
+        _print_json([{k: v for k, v in to_wire(e).items() if k != "blocks"} for e in entries])
         return 0
     for e in entries:
         when = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M") if e.mtime_ns else "-"
@@ -258,6 +276,62 @@ def _change(make: Callable[[int, str], m.Message], verb: str) -> Callable[[Remot
         return 0
 
     return command
+
+
+async def _sync(args: argparse.Namespace) -> int:
+    from client import engine  # the sync engine's imports are only paid by `ferry sync`
+
+    home = _home(args)
+    creds = load_credentials(home)
+    try:
+        if args.once:
+            ok = await engine.sync_once(args.folder, home, creds, args.confirm_deletes, _retry_for(args))
+            folder = engine.read_status(home)["folders"].get(str(args.folder.resolve()), {})
+            if not ok or folder.get("last_error"):
+                print(
+                    f"ferry: sync incomplete: {folder.get('last_error') or 'see ferry status'}",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            waiting = folder.get("deletions_waiting")
+            if waiting:
+                print(f"ferry: {waiting} local deletions not applied on the server; "
+                      "run `ferry sync --once --confirm-deletes` if they were meant", file=sys.stderr)  # fmt: skip
+            print(f"{args.folder}: up to date")
+            return 0
+        print(f"syncing {args.folder.resolve()} with {creds.server} (Ctrl-C to stop)", file=sys.stderr)
+        await engine.sync_forever(args.folder, home, creds, args.confirm_deletes)
+        return 0
+    except engine.SyncError as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _status(args: argparse.Namespace) -> int:
+    from client import engine
+
+    folders = engine.read_status(_home(args))["folders"]
+    if args.json:
+        _print_json(folders)
+        return 0
+    if not folders:
+        print("no synced folders yet; start one with `ferry sync FOLDER`")
+    for path, f in folders.items():
+        line = f["state"]
+        if f["state"] == "syncing":
+            line = f"syncing {f['pending']} items, {_human(f['bytes_left'])} left"
+        print(f"{path}: {line} (as of {f.get('updated', '?')})")
+        if f.get("deletions_waiting"):
+            print(
+                f"  paused: {f['deletions_waiting']} local deletions wait for `ferry sync --confirm-deletes`"
+            )
+        if f.get("last_error"):
+            print(f"  last error: {f['last_error']}")
+        for c in f.get("conflicts", []):
+            print(f"  conflict: {c}")
+        for k, why in f.get("skipped", {}).items():
+            print(f"  skipped: {k}: {why}")
+    return 0
 
 
 def _print_json(value: Any) -> None:

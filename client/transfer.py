@@ -46,10 +46,14 @@ class Remote:
         self.creds = creds
         self.retry_for = retry_for
         self.conn: Connection | None = None
+        self.on_changed: Callable[[m.Changed], None] | None = None  # pushes, on every connection
+        self.on_closed: Callable[[], None] | None = None
 
     async def connection(self) -> Connection:
         if self.conn is None:
             self.conn = await connect(self.creds.server, self.creds.token, self.retry_for)
+            self.conn.on_changed = self.on_changed
+            self.conn.on_closed = self.on_closed
         return self.conn
 
     async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
@@ -164,9 +168,9 @@ async def stat_or_none(conn: Connection, path: str) -> m.Entry | None:
     return reply.entry  # type: ignore[no-any-return]
 
 
-async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tuple[m.Committed, int]:
-    """Upload ``src`` to ``dst`` (overwriting what is there); returns the
-    commit and how many block bytes had to be sent."""
+async def send_file(remote: Remote, src: Path, progress: Progress) -> tuple[_Plan, os.stat_result]:
+    """Send the blocks of ``src`` the server lacks; returns the block plan and
+    the stat the content belongs to (unchanged from start to end)."""
     st = os.stat(src)
     if not stat_mod.S_ISREG(st.st_mode):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
@@ -178,26 +182,45 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tup
 
     await remote.run(send)
     after = os.stat(src)
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or sum(plan.sizes) != st.st_size:
-        raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; run the command again")
-    executable = bool(st.st_mode & stat_mod.S_IXUSR)
-    key = f"put-{uuid.uuid4()}"
+    if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino) or sum(
+        plan.sizes
+    ) != st.st_size:
+        raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; it will be sent again")
+    return plan, st
+
+
+async def commit_blocks(
+    conn: Connection, src: Path, dst: str, plan: _Plan, st: os.stat_result, parent: int | None, key: str,
+    ns: int | None = None,
+) -> m.Committed:  # fmt: skip
+    """Commit ``dst`` as the uploaded blocks, based on version ``parent``;
+    re-sends blocks the server reports missing. A stale parent raises CONFLICT."""
+    request = functools.partial(m.Commit, key=key, path=dst, parent=parent, size=st.st_size,
+                                mtime_ns=st.st_mtime_ns, blocks=plan.hashes,
+                                executable=bool(st.st_mode & stat_mod.S_IXUSR), ns=ns)  # fmt: skip
+    for _ in range(3):
+        try:
+            return await conn.call(request, m.Committed)  # type: ignore[no-any-return]
+        except ProtocolError as e:
+            if e.code != ErrorCode.MISSING_BLOCKS:
+                raise
+            await _resend(conn, src, plan, (e.detail or {}).get("missing", []))
+    raise ProtocolError(ErrorCode.MISSING_BLOCKS, f"the server keeps losing blocks of {dst}; try again")
+
+
+async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tuple[m.Committed, int]:
+    """Upload ``src`` to ``dst``, overwriting what is there (``ferry put``);
+    returns the commit and how many block bytes had to be sent."""
+    plan, st = await send_file(remote, src, progress)
 
     async def commit(conn: Connection) -> m.Committed:
-        nonlocal key
         for _ in range(5):
             current = await stat_or_none(conn, dst)
-            request = functools.partial(m.Commit, key=key, path=dst, parent=current.version if current else None,
-                                        size=st.st_size, mtime_ns=st.st_mtime_ns, blocks=plan.hashes,
-                                        executable=executable)  # fmt: skip
-            try:
-                return await conn.call(request, m.Committed)  # type: ignore[no-any-return]
+            try:  # a fresh key per attempt: a conflict means someone wrote meanwhile; overwrite theirs
+                return await commit_blocks(conn, src, dst, plan, st, current.version if current else None,
+                                           f"put-{uuid.uuid4()}")  # fmt: skip
             except ProtocolError as e:
-                if e.code == ErrorCode.MISSING_BLOCKS:
-                    await _resend(conn, src, plan, (e.detail or {}).get("missing", []))
-                elif e.code == ErrorCode.CONFLICT:
-                    key = f"put-{uuid.uuid4()}"  # someone else wrote meanwhile; overwrite their newer version
-                else:
+                if e.code != ErrorCode.CONFLICT:
                     raise
         raise ProtocolError(ErrorCode.CONFLICT, f"{dst} keeps changing on the server; try again")
 
@@ -221,18 +244,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress, window: int = 8) -> None:
-    """Fetch ``entry`` into ``dest`` atomically: a staged temp file beside it,
-    every block hash-checked, the content hash checked, fsync, rename, fsync dir."""
+async def fetch(remote: Remote, entry: m.Entry, folder: Path, progress: Progress, window: int = 8) -> Path:
+    """Fetch ``entry`` into a new temp file in ``folder``: every block
+    hash-checked, the content hash checked, mode and mtime set, fsynced.
+    The caller renames it into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
         raise ProtocolError(
             ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash"
         )
-    folder = dest.parent
-    tmp = folder / f"{STAGING_PREFIX}{dest.name}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     done: set[int] = set()
     try:
         os.ftruncate(fd, entry.size)
@@ -253,8 +276,9 @@ async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progres
 
         await remote.run(fetch_all)
         mode = 0o755 if entry.executable else 0o644
-        await asyncio.to_thread(_finish, fd, mode, entry.mtime_ns, tmp, dest)
+        await asyncio.to_thread(_seal, fd, mode, entry.mtime_ns, tmp)
         fd = -1
+        return tmp
     finally:
         if fd >= 0:
             os.close(fd)
@@ -262,7 +286,7 @@ async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progres
                 os.unlink(tmp)
 
 
-def _finish(fd: int, mode: int, mtime_ns: int, tmp: Path, dest: Path) -> None:
+def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:
     try:
         os.fchmod(fd, mode & ~_UMASK)
         os.fsync(fd)
@@ -270,8 +294,23 @@ def _finish(fd: int, mode: int, mtime_ns: int, tmp: Path, dest: Path) -> None:
         os.close(fd)
     if mtime_ns:
         os.utime(tmp, ns=(mtime_ns, mtime_ns))
+
+
+def place(tmp: Path, dest: Path) -> None:
+    """Atomically rename a fetched file into place and make the rename durable."""
     os.replace(tmp, dest)
     _fsync_dir(dest.parent)
+
+
+async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress) -> None:
+    """``ferry get``: fetch beside ``dest`` and rename into place; ``dest`` is never half-written."""
+    tmp = await fetch(remote, entry, dest.parent, progress)
+    try:
+        await asyncio.to_thread(place, tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _read_umask() -> int:

@@ -59,6 +59,7 @@ class Connection:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._window = asyncio.Semaphore(max(1, welcome.max_in_flight))
         self.on_changed: Callable[[m.Changed], None] | None = None
+        self.on_closed: Callable[[], None] | None = None
         self._closed_reason: str | None = None
         self._reader = asyncio.create_task(self._read_loop())
         self._pinger = asyncio.create_task(self._ping_loop())
@@ -96,6 +97,8 @@ class Connection:
                 if not fut.done():
                     fut.set_exception(ConnectionLost(self._closed_reason))
             self._pending.clear()
+            if self.on_closed:
+                self.on_closed()
 
     async def _ping_loop(self) -> None:
         while True:

@@ -59,20 +59,20 @@ def decode_block(frame: bytes | bytearray | memoryview) -> BlockFrame:
 # --- JSON <-> dataclasses ----------------------------------------------------
 
 
-def _to_wire(value: Any) -> Any:
+def to_wire(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, m.BlockRef):
         return [value.hash.hex(), value.size]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list):
-        return [_to_wire(v) for v in value]
+        return [to_wire(v) for v in value]
     return value
 
 
 def encode(msg: m.Message) -> str:
-    body = _to_wire(msg)
+    body = to_wire(msg)
     body["type"] = msg.TYPE
     return orjson.dumps(body).decode()
 
@@ -86,14 +86,14 @@ def _bad(where: str, want: str, got: Any) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"field {where!r}: expected {want}, got {type(got).__name__}")
 
 
-def _from_wire(tp: Any, value: Any, where: str) -> Any:
+def from_wire(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _from_wire(inner[0], value, where)
+        return from_wire(inner[0], value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ProtocolError(
@@ -104,7 +104,7 @@ def _from_wire(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise _bad(where, "a list", value)
         (item,) = typing.get_args(tp)
-        return [_from_wire(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [from_wire(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)
@@ -117,7 +117,7 @@ def _from_wire(tp: Any, value: Any, where: str) -> Any:
     if tp is m.BlockRef:
         if not (isinstance(value, list) and len(value) == 2):
             raise _bad(where, "[hash, size]", value)
-        return m.BlockRef(_from_wire(bytes, value[0], where), _from_wire(int, value[1], where))
+        return m.BlockRef(from_wire(bytes, value[0], where), from_wire(int, value[1], where))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)
@@ -144,7 +144,7 @@ def _build(cls: Any, body: dict[str, Any], prefix: str = "") -> Any:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in body:
-            kwargs[f.name] = _from_wire(hints[f.name], body[f.name], prefix + f.name)
+            kwargs[f.name] = from_wire(hints[f.name], body[f.name], prefix + f.name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {prefix + f.name!r} is missing")
     return cls(**kwargs)

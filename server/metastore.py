@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -69,7 +70,7 @@ def _entry(row: asyncpg.Record, with_blocks: bool) -> Entry:
 
 
 def _conflict(path: str, current: Entry | None, why: str) -> ProtocolError:
-    detail = {"current": framing._to_wire(current) if current else None}
+    detail = {"current": framing.to_wire(current) if current else None}
     return ProtocolError(ErrorCode.CONFLICT, f"{path}: {why}", detail)
 
 
@@ -291,6 +292,21 @@ class MetaStore:
     async def block_stored(self, h: bytes) -> bool:
         return bool(await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = $1)", h))
 
+    async def claim_stored_block(self, who: Principal, h: bytes) -> bool:
+        """Record that ``who`` uploaded a block that is already stored, holding
+        its row while doing so: GC (which locks rows before deleting them) can
+        then never delete it between our check and our upload record. False if
+        the block is gone (collected since the caller looked): store it again."""
+        return bool(
+            await self.pool.fetchval(
+                "WITH b AS (SELECT hash FROM blocks WHERE hash = $2 FOR KEY SHARE)"
+                " INSERT INTO uploads (user_id, hash) SELECT $1, hash FROM b"
+                " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now() RETURNING true",
+                who.user_id,
+                h,
+            )
+        )
+
     async def record_upload(self, who: Principal, h: bytes, size: int) -> None:
         await self.pool.execute(
             "WITH b AS (INSERT INTO blocks (hash, size) VALUES ($2, $3) ON CONFLICT DO NOTHING)"
@@ -444,7 +460,7 @@ class MetaStore:
                             return _replay(done)
                         entry = await change(tx)
                         seq = await tx.finish()
-                        result = orjson.dumps({"seq": seq, "entry": framing._to_wire(entry)}).decode()
+                        result = orjson.dumps({"seq": seq, "entry": framing.to_wire(entry)}).decode()
                         await conn.execute(
                             "INSERT INTO requests (user_id, key, result) VALUES ($1, $2, $3::jsonb)",
                             who.user_id,
@@ -460,7 +476,7 @@ class MetaStore:
 
 def _replay(result: str) -> tuple[int, Entry]:
     body = orjson.loads(result)
-    return body["seq"], framing._from_wire(Entry, body["entry"], "entry")
+    return body["seq"], framing.from_wire(Entry, body["entry"], "entry")
 
 
 _DUMMY_HASH = auth.hash_password("not a real password")
@@ -469,14 +485,22 @@ _DUMMY_HASH = auth.hash_password("not a real password")
 class _Tx:
     """One change transaction on one (locked) namespace."""
 
-    def __init__(self, conn: Any, who: Principal, ns: int, seq: int) -> None:
+    def __init__(self, conn: Any, who: Principal, ns: int, seq: int, now: datetime) -> None:
         self.conn, self.who, self.ns = conn, who, ns
         self.start_seq = self.seq = seq
+        self.now = now  # commit time of every row this change writes
 
     @classmethod
     async def begin(cls, conn: Any, who: Principal, ns: int) -> _Tx:
-        seq = await conn.fetchval("SELECT head_seq FROM namespaces WHERE namespace_id = $1 FOR UPDATE", ns)
-        return cls(conn, who, ns, seq)
+        row = await conn.fetchrow(
+            "SELECT head_seq, last_commit_at, clock_timestamp() AS clock FROM namespaces"
+            " WHERE namespace_id = $1 FOR UPDATE",
+            ns,
+        )
+        # strictly later than the previous change, so a time names one cut (server.versions)
+        last = row["last_commit_at"]
+        now = row["clock"] if last is None else max(row["clock"], last + timedelta(microseconds=1))
+        return cls(conn, who, ns, row["head_seq"], now)
 
     async def head(self, path: str) -> Entry | None:
         row = await self.conn.fetchrow(
@@ -512,8 +536,10 @@ class _Tx:
     async def block_sizes(self, blocks: Sequence[bytes]) -> list[int]:
         if not blocks:
             return []
+        # FOR KEY SHARE: GC locks a block's row before deleting it, so a block
+        # this commit names is either still there at commit or reported missing
         rows = await self.conn.fetch(
-            f"SELECT b.hash, b.size FROM blocks b WHERE b.hash IN ({MetaStore._READABLE})",
+            f"SELECT b.hash, b.size FROM blocks b WHERE b.hash IN ({MetaStore._READABLE}) FOR KEY SHARE OF b",
             self.who.user_id,
             list(set(blocks)),
         )
@@ -564,18 +590,22 @@ class _Tx:
             "WITH n AS (SELECT nextval('ids') AS version_id),"
             " ids AS (SELECT version_id, coalesce($2::bigint, version_id) AS file_id FROM n)"
             " INSERT INTO versions (namespace_id, version_id, file_id, path, kind, deleted, size, mtime_ns,"
-            " executable, content_hash, block_hashes, block_sizes, device_id)"
-            " SELECT $1, version_id, file_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM ids"
+            " executable, content_hash, block_hashes, block_sizes, device_id, created_at)"
+            " SELECT $1, version_id, file_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM ids"
             " RETURNING version_id, file_id, created_at",
             self.ns, file_id, path, kind, deleted, size, mtime_ns, executable, content_hash,
-            b"".join(blocks), list(sizes), self.who.device_id,
+            b"".join(blocks), list(sizes), self.who.device_id, self.now,
         )  # fmt: skip
+        # journal row, and path_history: close the file's open row, open one at its path
         await self.conn.execute(
-            "INSERT INTO journal (namespace_id, seq, version_id) VALUES ($1, $2, $3)",
-            self.ns,
-            self.seq,
-            row["version_id"],
-        )
+            "WITH j AS (INSERT INTO journal (namespace_id, seq, version_id, committed_at)"
+            " VALUES ($1, $2, $3, $4)),"
+            " c AS (UPDATE path_history SET to_seq = $2"
+            " WHERE namespace_id = $1 AND file_id = $5 AND to_seq IS NULL)"
+            " INSERT INTO path_history (namespace_id, path, from_seq, file_id, version_id)"
+            " SELECT $1, $6, $2, $5, $3 WHERE NOT $7::boolean",
+            self.ns, self.seq, row["version_id"], self.now, row["file_id"], path, deleted,
+        )  # fmt: skip
         if (old_path is not None and old_path != path) or deleted:
             await self.conn.execute(
                 "DELETE FROM heads WHERE namespace_id = $1 AND path = $2", self.ns, old_path or path
@@ -613,7 +643,10 @@ class _Tx:
     async def finish(self) -> int:
         if self.seq != self.start_seq:
             await self.conn.execute(
-                "UPDATE namespaces SET head_seq = $2 WHERE namespace_id = $1", self.ns, self.seq
+                "UPDATE namespaces SET head_seq = $2, last_commit_at = $3 WHERE namespace_id = $1",
+                self.ns,
+                self.seq,
+                self.now,
             )
             await self.conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{self.ns}:{self.seq}")
         return self.seq

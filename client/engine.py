@@ -1,0 +1,413 @@
+"""The sync engine: keeps one local folder identical to the user's tree on the server.
+
+Theory of operation. A *cycle* pulls the server's journal since the cursor
+into the remote tree, scans the disk into the local tree, asks the pure
+planner (:mod:`client.planner`) what to do given local, remote and synced
+(the merge base), and executes those actions in order. Each action checks
+its own precondition just before it touches anything (the local file is
+still the one the scan saw; the server version is still the parent), and
+records its outcome in the state only after the disk or the server changed.
+A failed or outdated action is skipped and the next cycle re-plans from
+fresh facts, so a crash, a conflict or a dropped connection costs a cycle,
+never an edit. Cycles repeat until the plan is empty (``--once``) or, in live
+mode, whenever the watcher sees local changes or the server pushes a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import stat as st
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from client import planner as p
+from client.home import Credentials
+from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, scan
+from client.state import Observed, State
+from client.transfer import Remote, commit_blocks, fetch, place, send_file
+from client.transport import ConnectionLost, backoff_delays
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import content_hash
+
+log = logging.getLogger("ferry.sync")
+MARKER = ".ferry-root"
+STAGING = ".ferry-staging"
+MASS_DELETE_SHARE = 0.25
+MASS_DELETE_MIN = 100
+MAX_ROUNDS = 50
+CONFLICT_MARK = " (conflicted copy from "
+
+
+class SyncError(Exception):
+    """Sync cannot go on (root missing, not logged in...); the message says why."""
+
+
+def folder_id(root: Path) -> str:
+    return hashlib.sha256(str(root).encode()).hexdigest()[:16]
+
+
+class Engine:
+    def __init__(self, root: Path, home: Path, creds: Credentials, *, confirm_deletes: bool = False,
+                 retry_for: float = 60.0) -> None:  # fmt: skip
+        self.root = root.resolve()
+        self.home = home
+        self.device = creds.device
+        self.confirm_deletes = confirm_deletes
+        self.state = State(home / "folders" / folder_id(self.root) / "state.db")
+        self.remote = Remote(creds, retry_for)
+        self.wakeup = asyncio.Event()
+        self.remote.on_changed = lambda _msg: self.wakeup.set()
+        self.remote.on_closed = self.wakeup.set
+        self.status: dict[str, Any] = {"path": str(self.root), "state": "starting", "pending": 0,
+                                       "bytes_left": 0, "last_error": None, "conflicts": [], "skipped": {},
+                                       "deletions_waiting": 0, "peers": []}  # fmt: skip
+        self.errors: list[str] = []
+        self._scan: Scan = Scan()
+
+    # --- set-up ----------------------------------------------------------------------
+
+    def check_root(self) -> None:
+        """Refuse to sync a folder that was synced before but lost its marker
+        (an unmounted disk or a replaced folder): that would delete everything."""
+        marker = self.root / MARKER
+        if self.state.get("initialised") == "yes" and not marker.exists():
+            raise SyncError(
+                f"{self.root} is missing or is not the folder synced before (no {MARKER} marker); "
+                "if the disk is unmounted, mount it; nothing was changed"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
+        (self.root / STAGING).mkdir(exist_ok=True)
+        for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        self.state.put("initialised", "yes")
+
+    def conflict_name(self, path: str) -> str:
+        return p.conflict_name(path, self.device, datetime.now())
+
+    def disk(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    # --- one cycle ----------------------------------------------------------------
+
+    async def pull(self) -> None:
+        """Fold the server's journal since our cursor into the remote tree."""
+
+        async def pull_all(conn: Any) -> None:
+            while True:
+                since = int(self.state.get("cursor", "0") or 0)
+                try:
+                    reply = await conn.call(lambda i, s=since: m.ListChanges(i, s, conn.root_ns), m.Changes)
+                except ProtocolError as e:
+                    if e.code == ErrorCode.BAD_REQUEST and "cursor" in e.message:
+                        log.warning(
+                            "server rejected our cursor (%s); full resync of the remote tree", e.message
+                        )
+                        self.state.reset_remote()  # the whole journal is re-read before any planning
+                        continue
+                    raise
+                self.state.apply_changes(reply.entries, reply.cursor)
+                if not reply.has_more:
+                    return
+
+        await self.remote.run(pull_all)
+
+    async def cycle(self) -> list[p.Action]:
+        """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
+        await self.pull()
+        self._scan = await asyncio.to_thread(scan, self.root, self.state.observed(), self.conflict_name)
+        local, remote, synced = self._scan.tree, self.state.remote_tree(), self.state.synced_tree()
+        for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
+            for tree in (local, remote, synced):
+                for key in [k for k in tree if k == skipped or k.startswith(skipped.rstrip("/") + "/")]:
+                    del tree[key]
+        actions = p.plan(local, remote, synced, self.conflict_name)
+        actions = self._guard_mass_delete(actions, synced)
+        self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
+        self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
+        self._write_status()
+        for action in actions:
+            try:
+                await self.execute(action)
+            except ConnectionLost:
+                raise
+            except (ProtocolError, OSError) as e:
+                message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+                log.warning("%s: %s", type(action).__name__, message)
+                self.status["last_error"] = message
+            self.status["pending"] -= 1
+            self.status["bytes_left"] = max(0, self.status["bytes_left"] - self._size_of(action))
+        return actions
+
+    def _size_of(self, action: p.Action) -> int:
+        if isinstance(action, p.Upload):
+            obs = self._scan.observed.get(action.path)
+            return obs.size if obs else 0
+        if isinstance(action, p.Download):
+            entry = self.state.remote_entry(action.path)
+            return entry.size if entry else 0
+        return 0
+
+    def _guard_mass_delete(self, actions: list[p.Action], synced: p.Tree) -> list[p.Action]:
+        deletes = [a for a in actions if isinstance(a, p.DeleteRemote)]
+        files = [k for k, n in synced.items() if n.kind == "file"]
+        doomed = {k for a in deletes for k in files if k == a.path or k.startswith(a.path + "/")}
+        if len(doomed) >= MASS_DELETE_MIN and len(doomed) > MASS_DELETE_SHARE * len(files):
+            if not self.confirm_deletes:
+                self.status["deletions_waiting"] = len(doomed)
+                log.warning("%d of %d files were deleted locally; not deleting them on the server until "
+                            "`ferry sync --confirm-deletes`", len(doomed), len(files))  # fmt: skip
+                return [a for a in actions if not isinstance(a, p.DeleteRemote)]
+        self.status["deletions_waiting"] = 0
+        return actions
+
+    # --- actions -------------------------------------------------------------------
+
+    async def execute(self, action: p.Action) -> None:
+        match action:
+            case p.Upload(path=path, parent=parent):
+                await self._upload(path, parent)
+            case p.MkdirRemote(path=path):
+                done = await self._change(lambda i, k: m.Mkdir(i, k, path))
+                self.state.record(path, done.entry, None)
+            case p.DeleteRemote(path=path, parent=parent):
+                try:
+                    await self._change(lambda i, k: m.Delete(i, k, path, parent))
+                except ProtocolError as e:
+                    if e.code != ErrorCode.NOT_FOUND:
+                        raise
+                self.state.forget(path)
+            case p.MoveRemote(src=src, dst=dst, parent=parent):
+                done = await self._change(lambda i, k: m.Move(i, k, src, dst, parent))
+                self.state.moved(src, dst)
+                self.state.record(dst, done.entry, self._scan.observed.get(dst))
+            case p.Download(path=path):
+                await self._download(path)
+            case p.MkdirLocal(path=path):
+                self.disk(path).mkdir(parents=True, exist_ok=True)
+                self._record_remote(path)
+            case p.DeleteLocal(path=path):
+                self._delete_local(path)
+            case p.MoveLocal(src=src, dst=dst):
+                self._move_local(src, dst)
+            case p.ConflictCopy(path=path, new_path=new_path):
+                self._conflict_copy(path, new_path)
+            case p.Record(path=path):
+                self._record_remote(path)
+
+    async def _change(self, make: Callable[[int, str], m.Message]) -> m.Committed:
+        key = f"sync-{uuid.uuid4()}"  # one key for every retry of this change: applied once
+        return await self.remote.run(lambda conn: conn.call(lambda i: make(i, key), m.Committed))
+
+    def _unchanged(self, path: str) -> bool:
+        """Is the file at ``path`` still exactly what the scan saw (or still absent)?"""
+        seen = self._scan.observed.get(path)
+        try:
+            now = os.lstat(self.disk(path))
+        except FileNotFoundError:
+            return seen is None and path not in self._scan.tree
+        if seen is None:
+            return False
+        return (now.st_size, now.st_mtime_ns, now.st_ino) == (seen.size, seen.mtime_ns, seen.inode)
+
+    async def _upload(self, path: str, parent: int | None) -> None:
+        src = self.disk(path)
+        plan, stat = await send_file(self.remote, src, lambda n: None)
+        digest = content_hash(plan.hashes)
+        key = f"sync-{uuid.uuid4()}"
+        done = await self.remote.run(lambda conn: commit_blocks(conn, src, path, plan, stat, parent, key))
+        executable = bool(stat.st_mode & st.S_IXUSR)
+        self.state.record(
+            path, done.entry, Observed(stat.st_size, stat.st_mtime_ns, stat.st_ino, digest, executable)
+        )
+
+    async def _download(self, path: str) -> None:
+        entry = self.state.remote_entry(path)
+        if entry is None or entry.kind != "file":
+            return
+        seen = self._scan.observed.get(path)
+        if seen and seen.content_hash == entry.content_hash and seen.executable == entry.executable:
+            self.state.record(path, entry, seen)  # same bytes already here (e.g. after a move): no transfer
+            return
+        dest = self.disk(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None)
+        try:
+            if not self._unchanged(path):
+                # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
+                log.info("%s changed locally during download; re-planning", path)
+                return
+            await asyncio.to_thread(place, tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        now = os.stat(dest)
+        assert entry.content_hash is not None
+        self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
+                                                entry.executable))  # fmt: skip
+
+    def _record_remote(self, path: str) -> None:
+        entry = self.state.remote_entry(path)
+        if entry is not None:
+            self.state.record(path, entry, self._scan.observed.get(path))
+
+    def _delete_local(self, path: str) -> None:
+        target = self.disk(path)
+        if target.is_dir() and not target.is_symlink():
+            for child in target.iterdir():  # editor and OS junk does not keep a deleted folder alive
+                if child.is_file() and child.name in (".DS_Store", "Thumbs.db"):
+                    child.unlink()
+            try:
+                target.rmdir()
+            except OSError:
+                return  # something new inside: the next cycle uploads it
+        elif self._unchanged(path):
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        else:
+            return  # edited since the scan: keep it; the next cycle uploads it
+        self.state.forget(path)
+
+    def _move_local(self, src: str, dst: str) -> None:
+        source, target = self.disk(src), self.disk(dst)
+        if target.exists() or not source.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+        self.state.moved(src, dst)
+        self._record_remote(dst)
+
+    def _conflict_copy(self, path: str, new_path: str) -> None:
+        source, target = self.disk(path), self.disk(new_path)
+        if target.exists():
+            stem, dot, ext = new_path.rpartition(".")
+            new_path = (
+                f"{stem} {random.randrange(10**6)}.{ext}" if dot else f"{new_path} {random.randrange(10**6)}"
+            )
+            target = self.disk(new_path)
+        os.rename(source, target)
+        self.state.unobserve(path)
+        self.status["conflicts"] = sorted({*self.status["conflicts"], new_path})
+        log.warning("conflict: kept your version of %s as %s", path, new_path)
+
+    # --- status ----------------------------------------------------------------------
+
+    def _write_status(self) -> None:
+        self.status["skipped"] = dict(sorted(self._scan.skipped.items()))
+        self.status["conflicts"] = sorted(
+            {
+                *self.status["conflicts"],
+                *(k for k in self._scan.tree if CONFLICT_MARK in k.rsplit("/", 1)[-1]),
+            }
+        )
+        self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        write_status(self.home, str(self.root), self.status)
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        """Cycle until nothing is left to do (waiting out files still being written)."""
+        self.check_root()
+        try:
+            for _ in range(MAX_ROUNDS):
+                actions = await self.cycle()
+                if not actions and not self._scan.unstable:
+                    self.status.update(state="up to date", pending=0, bytes_left=0)
+                    return True
+                if not actions:
+                    await asyncio.sleep(SETTLE_S)
+            self.status["last_error"] = f"still changing after {MAX_ROUNDS} rounds"
+            return False
+        finally:
+            self._write_status()
+            await self.remote.close()
+
+    async def run_forever(self) -> None:
+        """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
+        self.check_root()
+        watcher = asyncio.create_task(self._watch())
+        delays = backoff_delays(cap=30.0)
+        try:
+            while True:
+                self.wakeup.clear()
+                try:
+                    actions = await self.cycle()
+                    delays = backoff_delays(cap=30.0)
+                    busy = bool(actions or self._scan.unstable)
+                    timeout = SETTLE_S if busy else 30.0
+                except ConnectionLost as e:
+                    self.status.update(state="offline", last_error=str(e))
+                    self._write_status()
+                    timeout = next(delays)
+                self._write_status()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout)
+        finally:
+            watcher.cancel()
+            self.status["state"] = "stopped"
+            self._write_status()
+            await self.remote.close()
+
+    async def _watch(self) -> None:
+        from watchfiles import awatch
+
+        def interesting(_change: object, path: str) -> bool:
+            return not Path(path).name.startswith(INTERNAL_PREFIX) and f"/{STAGING}/" not in path
+
+        async for _changes in awatch(self.root, watch_filter=interesting, debounce=50, step=20,
+                                     recursive=True):  # fmt: skip
+            self.wakeup.set()
+
+
+def status_path(home: Path) -> Path:
+    return home / "status.json"
+
+
+def write_status(home: Path, folder: str, status: dict[str, Any]) -> None:
+    path = status_path(home)
+    try:
+        everything = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        everything = {}
+    everything.setdefault("folders", {})[folder] = status
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(everything, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def read_status(home: Path) -> dict[str, Any]:
+    try:
+        return orjson.loads(status_path(home).read_bytes())  # type: ignore[no-any-return]
+    except (OSError, orjson.JSONDecodeError):
+        return {"folders": {}}
+
+
+async def sync_once(
+    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float
+) -> bool:
+    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
+    try:
+        return await engine.run_once()
+    finally:
+        engine.state.close()
+
+
+async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_deletes: bool) -> None:
+    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
+    try:
+        await engine.run_forever()
+    finally:
+        engine.state.close()

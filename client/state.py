@@ -1,0 +1,182 @@
+"""Local sync state in SQLite (WAL): the remote tree as the server's journal
+last described it, the synced tree (the merge base: what both sides last
+agreed on), the observed stats and hashes of local files, and the cursor.
+
+Every write here happens *after* the disk or the server it describes has
+changed, in one transaction, so a crash leaves state that is stale, never
+ahead of reality: the next scan and pull reconcile it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from client.planner import Node
+from protocol import messages as m
+from protocol.framing import from_wire, to_wire
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS remote (path TEXT PRIMARY KEY, file_id INTEGER NOT NULL, entry BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS remote_by_file ON remote (file_id);
+CREATE TABLE IF NOT EXISTS synced (
+    path TEXT PRIMARY KEY, kind TEXT NOT NULL, content_hash BLOB, executable INTEGER NOT NULL,
+    version INTEGER NOT NULL, file_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observed (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+    content_hash BLOB NOT NULL, executable INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    size: int
+    mtime_ns: int
+    inode: int
+    content_hash: bytes
+    executable: bool
+
+
+def node_of(entry: m.Entry) -> Node:
+    return Node(entry.kind, entry.content_hash, entry.executable, entry.version, entry.file_id)
+
+
+def _below(path: str) -> tuple[str, str]:
+    """SQL range (exclusive) covering every path strictly below ``path``."""
+    return path + "/", path + "0"  # '0' follows '/' in byte order
+
+
+class State:
+    def __init__(self, db: Path) -> None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(db, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta ------------------------------------------------------------------
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def put(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- remote tree -------------------------------------------------------------
+
+    def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
+        """Fold journal entries into the remote tree and advance the cursor, atomically."""
+        with self.db:
+            for e in entries:
+                # the same file at another path means it moved there
+                self.db.execute("DELETE FROM remote WHERE file_id = ? AND path != ?", (e.file_id, e.path))
+                if e.deleted:
+                    self.db.execute("DELETE FROM remote WHERE path = ?", (e.path,))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
+                        (e.path, e.file_id, orjson.dumps(to_wire(e))),
+                    )
+            self.put("cursor", str(cursor))
+
+    def reset_remote(self) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM remote")
+            self.put("cursor", "0")
+
+    def remote_entry(self, path: str) -> m.Entry | None:
+        row = self.db.execute("SELECT entry FROM remote WHERE path = ?", (path,)).fetchone()
+        return from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None
+
+    def remote_tree(self) -> dict[str, Node]:
+        out = {}
+        for (blob,) in self.db.execute("SELECT entry FROM remote"):
+            e = orjson.loads(blob)
+            out[e["path"]] = Node(e["kind"], bytes.fromhex(e["content_hash"]) if e["content_hash"] else None,
+                                  e["executable"], e["version"], e["file_id"])  # fmt: skip
+        return out
+
+    # --- synced tree ---------------------------------------------------------------
+
+    def synced_tree(self) -> dict[str, Node]:
+        return {
+            p: Node(kind, h, bool(x), v, f)
+            for p, kind, h, x, v, f in self.db.execute(
+                "SELECT path, kind, content_hash, executable, version, file_id FROM synced"
+            )
+        }
+
+    def record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
+        """``path`` is in sync at ``entry`` (and, for a file, on disk as ``observed``)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO synced (path, kind, content_hash, executable, version, file_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (path, entry.kind, entry.content_hash, int(entry.executable), entry.version, entry.file_id),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
+                (path, entry.file_id, orjson.dumps(to_wire(entry))),
+            )
+            if observed is not None:
+                self._observe(path, observed)
+
+    def forget(self, path: str) -> None:
+        """``path`` and everything below it are gone on both sides."""
+        lo, hi = _below(path)
+        with self.db:
+            for table in ("synced", "observed", "remote"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi)
+                )
+
+    def forget_synced(self, path: str) -> None:
+        lo, hi = _below(path)
+        with self.db:
+            self.db.execute("DELETE FROM synced WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi))
+
+    def moved(self, src: str, dst: str) -> None:
+        """A local rename of ``src`` (and its subtree) to ``dst`` happened on disk."""
+        lo, hi = _below(src)
+        with self.db:
+            for table in ("synced", "observed"):
+                self.db.execute(
+                    f"UPDATE {table} SET path = ? || substr(path, ?) WHERE path = ? OR (path > ? AND path < ?)",
+                    (dst, len(src) + 1, src, lo, hi),
+                )
+
+    # --- observed local files ----------------------------------------------------------
+
+    def observed(self) -> dict[str, Observed]:
+        return {
+            p: Observed(s, t, i, h, bool(x))
+            for p, s, t, i, h, x in self.db.execute(
+                "SELECT path, size, mtime_ns, inode, content_hash, executable FROM observed"
+            )
+        }
+
+    def observe(self, path: str, obs: Observed) -> None:
+        with self.db:
+            self._observe(path, obs)
+
+    def _observe(self, path: str, obs: Observed) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO observed (path, size, mtime_ns, inode, content_hash, executable)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (path, obs.size, obs.mtime_ns, obs.inode, obs.content_hash, int(obs.executable)),
+        )
+
+    def unobserve(self, path: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM observed WHERE path = ?", (path,))

@@ -1,0 +1,292 @@
+"""End to end: several `ferry sync` clients (separate homes) against one real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.servers import Device, FerryServer
+
+
+def tree(root: Path) -> dict[str, tuple[str, bytes | None, bool]]:
+    """Relative path -> (kind, content, executable) for everything but Ferry's own files."""
+    out: dict[str, tuple[str, bytes | None, bool]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".ferry-")]
+        rel = Path(dirpath).relative_to(root)
+        for d in dirnames:
+            out[str(rel / d)] = ("dir", None, False)
+        for f in filenames:
+            if f.startswith(".ferry-"):
+                continue
+            full = Path(dirpath) / f
+            out[str(rel / f)] = ("file", full.read_bytes(), bool(full.stat().st_mode & 0o100))
+    return out
+
+
+class Client:
+    def __init__(self, device: Device, folder: Path) -> None:
+        self.device, self.folder = device, folder
+
+    def sync(self, *extra: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        r = self.device.run("sync", str(self.folder), "--once", *extra, timeout=300)
+        if ok:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    def status(self) -> dict:
+        r = self.device.run("status", "--json", check=True)
+        return json.loads(r.stdout)[str(self.folder.resolve())]
+
+    def write(self, rel: str, data: bytes, *, age: float = 5.0) -> Path:
+        """Write a file as an editor would, dated a little in the past (so it counts as settled)."""
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        when = time.time() - age
+        os.utime(path, (when, when))
+        return path
+
+
+@pytest.fixture
+def clients(make_server: Callable[..., FerryServer], tmp_path: Path) -> Callable[[int], list[Client]]:
+    server = make_server("file")
+    assert server.admin("user", "add", "u", "--password-stdin", stdin="pw\n").returncode == 0
+
+    def make(n: int) -> list[Client]:
+        out = []
+        for i in range(n):
+            dev = Device(tmp_path / f"home{i}", server).login("u", "pw", device=f"dev{i}")
+            out.append(Client(dev, tmp_path / f"Ferry{i}"))
+        return out
+
+    return make
+
+
+def test_two_clients_converge_on_files_folders_and_metadata(clients) -> None:
+    a, b = clients(2)
+    a.write("docs/report.txt", b"hello")
+    a.write("empty.bin", b"")
+    script = a.write("bin/run.sh", b"#!/bin/sh\n")
+    script.chmod(0o755)
+    os.utime(script, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    (a.folder / "photos" / "2026").mkdir(parents=True)
+    big = random.Random(3).randbytes(3 * 1024 * 1024 + 7)
+    a.write("big.bin", big)
+    a.sync()
+    b.sync()
+    assert tree(b.folder) == tree(a.folder)
+    assert (b.folder / "bin" / "run.sh").stat().st_mtime_ns == 1_600_000_000_000_000_000
+    assert a.status()["state"] == "up to date" and b.status()["state"] == "up to date"
+
+    # edit on B, delete and add on A, then both ways
+    b.write("docs/report.txt", b"hello, edited on b")
+    (a.folder / "empty.bin").unlink()
+    a.write("photos/2026/cat.jpg", b"\xff\xd8 cat")
+    b.sync()
+    a.sync()
+    b.sync()
+    assert tree(a.folder) == tree(b.folder)
+    assert (a.folder / "docs" / "report.txt").read_bytes() == b"hello, edited on b"
+    assert not (b.folder / "empty.bin").exists()
+    assert (b.folder / "photos" / "2026" / "cat.jpg").read_bytes() == b"\xff\xd8 cat"
+
+
+async def _count(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def test_rename_and_folder_move_send_no_bytes_and_keep_history(clients) -> None:
+    a, b = clients(2)
+    a.write("dir/one.bin", random.Random(1).randbytes(300_000))
+    a.write("dir/sub/two.bin", random.Random(2).randbytes(300_000))
+    a.write("three.txt", b"three")
+    a.sync()
+    b.sync()
+    db = a.device.server.database_url
+    uploads = asyncio.run(_count(db, "SELECT count(*) FROM uploads"))
+    files = asyncio.run(_count(db, "SELECT count(DISTINCT file_id) FROM versions WHERE kind = 'file'"))
+    os.rename(a.folder / "three.txt", a.folder / "renamed.txt")
+    os.rename(a.folder / "dir", a.folder / "moved")
+    a.sync()
+    b.sync()
+    assert tree(a.folder) == tree(b.folder)
+    assert (b.folder / "moved" / "sub" / "two.bin").exists() and not (b.folder / "dir").exists()
+    assert asyncio.run(_count(db, "SELECT count(*) FROM uploads")) == uploads  # no block was sent
+    # the moved files are the same files (same ids), with their history
+    assert (
+        asyncio.run(_count(db, "SELECT count(DISTINCT file_id) FROM versions WHERE kind = 'file'")) == files
+    )
+
+
+def test_concurrent_edits_keep_both_as_conflicted_copy(clients) -> None:
+    a, b = clients(2)
+    a.write("notes.txt", b"base")
+    a.sync()
+    b.sync()
+    a.write("notes.txt", b"edit from a", age=3)
+    b.write("notes.txt", b"edit from b", age=2)
+    a.sync()
+    b.sync()
+    a.sync()
+    assert tree(a.folder) == tree(b.folder)
+    contents = {k: v[1] for k, v in tree(a.folder).items()}
+    assert contents["notes.txt"] == b"edit from a"
+    copies = [k for k in contents if k.startswith("notes (conflicted copy from dev1 ")]
+    assert len(copies) == 1 and copies[0].endswith(").txt") and contents[copies[0]] == b"edit from b"
+    assert b.status()["conflicts"] == ["/" + copies[0]]
+
+
+def test_edit_beats_delete_both_ways(clients) -> None:
+    a, b = clients(2)
+    a.write("x.txt", b"x")
+    a.write("y.txt", b"y")
+    a.sync()
+    b.sync()
+    (a.folder / "x.txt").unlink()
+    b.write("x.txt", b"x edited on b")
+    b.write("y.txt", b"y edited on b")
+    b.sync()  # b's edits land first; a's delete of x is now stale
+    (a.folder / "y.txt").unlink()
+    a.sync()
+    b.sync()
+    assert tree(a.folder) == tree(b.folder)
+    assert (a.folder / "x.txt").read_bytes() == b"x edited on b"
+    assert (a.folder / "y.txt").read_bytes() == b"y edited on b"
+
+
+def test_ignores_symlinks_and_status(clients) -> None:
+    (a,) = clients(1)
+    a.write(".ferryignore", b"*.log\nbuild/\n")
+    a.write("keep.txt", b"keep")
+    a.write("debug.log", b"noise")
+    a.write("build/out.o", b"obj")
+    a.write("notes.txt.swp", b"vim")
+    a.write("~$report.docx", b"office lock")
+    os.symlink("/etc/passwd", a.folder / "link")
+    a.sync()
+    listed = {e["path"] for e in json.loads(a.device.run("ls", "--json", check=True).stdout)}
+    assert listed == {"/.ferryignore", "/keep.txt"}
+    status = a.status()
+    assert status["skipped"] == {"/link": "symbolic link (not followed)"}
+
+
+def test_offline_edits_are_committed_when_the_server_is_back(clients) -> None:
+    a, b = clients(2)
+    a.write("f.txt", b"v1")
+    a.sync()
+    b.sync()
+    server = a.device.server
+    server.stop()
+    a.write("f.txt", b"v2 written offline")
+    a.write("new.txt", b"new offline")
+    r = a.device.run("sync", str(a.folder), "--once", "--retry-for", "1")
+    assert r.returncode == 3 and "cannot reach the server" in r.stderr
+    server.start()
+    a.sync()
+    b.sync()
+    assert (b.folder / "f.txt").read_bytes() == b"v2 written offline"
+    assert (b.folder / "new.txt").read_bytes() == b"new offline"
+
+
+def test_mass_delete_waits_for_confirmation(clients) -> None:
+    a, b = clients(2)
+    for i in range(120):
+        a.write(f"many/{i:03}.txt", f"file {i}".encode())
+    a.sync()
+    b.sync()
+    for i in range(120):
+        (a.folder / "many" / f"{i:03}.txt").unlink()
+    r = a.sync()
+    assert "120 local deletions not applied" in r.stderr
+    assert a.status()["deletions_waiting"] == 120
+    b.sync()
+    assert len(list((b.folder / "many").iterdir())) == 120  # nothing was deleted anywhere
+    a.sync("--confirm-deletes")
+    b.sync()
+    assert not any((b.folder / "many").iterdir()) if (b.folder / "many").exists() else True
+    assert a.status()["deletions_waiting"] == 0
+
+
+def test_missing_root_is_refused_not_mirrored_as_deletes(clients) -> None:
+    a, b = clients(2)
+    a.write("precious.txt", b"do not delete")
+    a.sync()
+    b.sync()
+    os.rename(a.folder, a.folder.with_name("elsewhere"))
+    a.folder.mkdir()  # an empty folder where the synced one was (e.g. an unmounted disk)
+    r = a.sync(ok=False)
+    assert r.returncode == 1 and "marker" in r.stderr
+    b.sync()
+    assert (b.folder / "precious.txt").read_bytes() == b"do not delete"
+
+
+def test_insert_at_start_of_big_file_sends_about_one_block(clients) -> None:
+    a, b = clients(2)
+    data = random.Random(9).randbytes(12 * 1024 * 1024)
+    a.write("big.bin", data)
+    a.sync()
+    b.sync()
+    db = a.device.server.database_url
+    before = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks"))
+    a.write("big.bin", b"!" + data)
+    a.sync()
+    b.sync()
+    assert (b.folder / "big.bin").read_bytes() == b"!" + data
+    sent = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks")) - before
+    assert 0 < sent <= 2 * 4 * 1024 * 1024
+
+
+def test_three_clients_converge(clients) -> None:
+    cs = clients(3)
+    for i, c in enumerate(cs):
+        c.write(f"from{i}/file.txt", f"made on {i}".encode())
+        c.write("shared.txt", f"version {i}".encode(), age=10 - i)
+    for _ in range(2):
+        for c in cs:
+            c.sync()
+    trees = [tree(c.folder) for c in cs]
+    assert trees[0] == trees[1] == trees[2]
+    contents = sorted(v[1] for k, v in trees[0].items() if k.startswith("shared"))
+    assert contents == [b"version 0", b"version 1", b"version 2"]  # one wins, two conflicted copies
+
+
+def test_live_sync_delivers_changes_both_ways(clients) -> None:
+    a, b = clients(2)
+    a.folder.mkdir()
+    b.folder.mkdir()
+    procs = [c.device.popen("sync", str(c.folder)) for c in (a, b)]
+    try:
+        a.write("live.txt", b"from a", age=0)
+        wait_for(
+            lambda: (b.folder / "live.txt").exists() and (b.folder / "live.txt").read_bytes() == b"from a"
+        )
+        b.write("sub/reply.txt", b"from b", age=0)
+        wait_for(lambda: (a.folder / "sub" / "reply.txt").exists())
+        assert (a.folder / "sub" / "reply.txt").read_bytes() == b"from b"
+        os.rename(a.folder / "live.txt", a.folder / "sub" / "moved.txt")
+        wait_for(lambda: (b.folder / "sub" / "moved.txt").exists() and not (b.folder / "live.txt").exists())
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(15)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

@@ -47,6 +47,8 @@ MASS_DELETE_SHARE = 0.25
 MASS_DELETE_MIN = 100
 MAX_ROUNDS = 50
 CONFLICT_MARK = " (conflicted copy from "
+TRANSFERS = (p.Upload, p.Download, p.Record)
+PARALLEL_TRANSFERS = 16
 
 
 class SyncError(Exception):
@@ -139,18 +141,44 @@ class Engine:
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
         self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
         self._write_status()
-        for action in actions:
-            try:
-                await self.execute(action)
-            except ConnectionLost:
-                raise
-            except (ProtocolError, OSError) as e:
-                message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
-                log.warning("%s: %s", type(action).__name__, message)
-                self.status["last_error"] = message
-            self.status["pending"] -= 1
-            self.status["bytes_left"] = max(0, self.status["bytes_left"] - self._size_of(action))
+        # transfers of different paths are independent: run several at once;
+        # everything else keeps the planner's order
+        i = 0
+        while i < len(actions):
+            if isinstance(actions[i], TRANSFERS):
+                j = i
+                while j < len(actions) and isinstance(actions[j], TRANSFERS):
+                    j += 1
+                slots = asyncio.Semaphore(PARALLEL_TRANSFERS)
+
+                async def bounded(action: p.Action, slots: asyncio.Semaphore = slots) -> None:
+                    async with slots:
+                        await self._attempt(action)
+
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for action in actions[i:j]:
+                            group.create_task(bounded(action))
+                except BaseExceptionGroup as failed:  # a dropped connection: the caller reconnects
+                    raise failed.exceptions[0] from None
+                i = j
+            else:
+                await self._attempt(actions[i])
+                i += 1
         return actions
+
+    async def _attempt(self, action: p.Action) -> None:
+        """Run one action; a failure is reported and left to the next cycle."""
+        try:
+            await self.execute(action)
+        except ConnectionLost:
+            raise
+        except (ProtocolError, OSError) as e:
+            message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+            log.warning("%s: %s", type(action).__name__, message)
+            self.status["last_error"] = message
+        self.status["pending"] -= 1
+        self.status["bytes_left"] = max(0, self.status["bytes_left"] - self._size_of(action))
 
     def _size_of(self, action: p.Action) -> int:
         if isinstance(action, p.Upload):

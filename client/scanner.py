@@ -27,7 +27,7 @@ from protocol.hashing import content_hash
 from protocol.paths import validate_path
 
 SETTLE_S = (
-    float(os.environ.get("FERRY_SETTLE_MS", "250")) / 1000
+    float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
 )  # modified more recently: still being written
 INTERNAL_PREFIX = ".ferry-"  # .ferry-root marker, .ferry-staging/
 BUILTIN_IGNORES = ["*.swp", "~$*", ".DS_Store", "Thumbs.db", "*.tmp", ".ferry-*"]

@@ -58,7 +58,9 @@ class State:
         db.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(db, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a power cut may lose the last updates, never consistency; stale state is
+        # reconciled by the next scan and pull (it is never ahead of the disk or the server)
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -280,6 +280,12 @@ def test_live_sync_delivers_changes_both_ways(clients) -> None:
         assert (a.folder / "sub" / "reply.txt").read_bytes() == b"from b"
         os.rename(a.folder / "live.txt", a.folder / "sub" / "moved.txt")
         wait_for(lambda: (b.folder / "sub" / "moved.txt").exists() and not (b.folder / "live.txt").exists())
+        # b's own downloads were not echoed back as uploads: one version per change, all made by a
+        db = a.device.server.database_url
+        sql = "SELECT count(*) FROM versions v JOIN devices d USING (device_id) WHERE v.path LIKE '%{}' AND d.name = '{}'"
+        assert asyncio.run(_count(db, sql.format("live.txt", "dev1"))) == 0
+        assert asyncio.run(_count(db, sql.format("moved.txt", "dev1"))) == 0
+        assert asyncio.run(_count(db, sql.format("reply.txt", "dev0"))) == 0
     finally:
         for proc in procs:
             proc.terminate()

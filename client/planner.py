@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from protocol.paths import MAX_NAME_BYTES, ancestors, is_within, name_of, parent_of
+from protocol.paths import MAX_NAME_BYTES, ancestors, name_of, parent_of
 
 Kind: TypeAlias = Literal["file", "dir"]
 
@@ -150,7 +150,7 @@ Action: TypeAlias = (
     | Record
 )
 
-Target: TypeAlias = Literal["dir", "local", "remote", "both"]
+_Target: TypeAlias = Literal["dir", "local", "remote", "both"]
 _CREATES_LOCAL = (MkdirLocal, Download)
 _CREATES_REMOTE = (MkdirRemote, Upload)
 
@@ -171,10 +171,10 @@ def conflict_name(path: str, device: str, when: datetime.datetime) -> str:
     """``/d/report.txt`` → ``/d/report (conflicted copy from laptop 2026-11-24 101502).txt``."""
     device = "".join("-" if c in "/\\" or not c.isprintable() else c for c in device)
     device = unicodedata.normalize("NFC", device)[:40] or "unknown device"
-    return with_suffix(path, f" (conflicted copy from {device} {when:%Y-%m-%d %H%M%S})")
+    return _with_suffix(path, f" (conflicted copy from {device} {when:%Y-%m-%d %H%M%S})")
 
 
-def with_suffix(path: str, suffix: str) -> str:
+def _with_suffix(path: str, suffix: str) -> str:
     """Insert ``suffix`` before the name's extension, shortening the stem to keep
     the name within :data:`MAX_NAME_BYTES`. A dotfile (``.bashrc``) or a name
     without a dot has no extension."""
@@ -200,13 +200,18 @@ class _Tree:
     :meth:`occupied` sees them."""
 
     def __init__(self, nodes: Tree) -> None:
-        self.nodes: dict[str, Node] = {}
-        self.kids: dict[str, set[str]] = {}
-        for path, node in nodes.items():
-            self._add(path, node)
+        self.nodes: dict[str, Node] = dict(nodes)
+        self._kids: dict[str, set[str]] | None = None  # built when first needed: most plans move nothing
 
-    def _add(self, path: str, node: Node) -> None:
-        self.nodes[path] = node
+    @property
+    def kids(self) -> dict[str, set[str]]:
+        if self._kids is None:
+            self._kids = {}
+            for path in self.nodes:
+                self._link(path)
+        return self._kids
+
+    def _link(self, path: str) -> None:
         child = path
         while child != "/":
             siblings = self.kids.setdefault(parent_of(child), set())
@@ -229,10 +234,12 @@ class _Tree:
             stack.extend(self.kids.get(here, ()))
 
     def move(self, src: str, dst: str) -> None:
-        moved = list(self.within(src))
-        for path, _ in moved:
-            del self.nodes[path]
-            self.kids.pop(path, None)
+        moved, stack = [], [src]
+        while stack:  # take the subtree out, implied folders included
+            here = stack.pop()
+            if here in self.nodes:
+                moved.append((here, self.nodes.pop(here)))
+            stack.extend(self.kids.pop(here, ()))
         child = src
         while child != "/":  # unlink src, and implied folders left empty by it
             parent = parent_of(child)
@@ -243,7 +250,8 @@ class _Tree:
             self.kids.pop(parent, None)
             child = parent
         for path, node in moved:
-            self._add(dst + path[len(src) :], node)
+            self.nodes[dst + path[len(src) :]] = node
+            self._link(dst + path[len(src) :])
 
 
 # --- moves --------------------------------------------------------------------------
@@ -274,7 +282,7 @@ def _remote_move_ok(local: _Tree, remote: _Tree, synced: _Tree, src: str, dst: s
     s, here, there = synced.nodes.get(src), local.nodes.get(src), remote.nodes.get(dst)
     if s is None or here is None or there is None or not s.kind == here.kind == there.kind:
         return False  # moved along with a folder already, or replaced by another kind
-    if is_within(dst, src) or is_within(src, dst) or local.occupied(dst) or synced.occupied(dst):
+    if local.occupied(dst) or synced.occupied(dst):
         return False
     return _folders_on_the_way(local, dst)
 
@@ -289,18 +297,20 @@ def _local_moves(local: _Tree, remote: _Tree, synced: _Tree) -> list[Action]:
     sources = [
         p
         for p, s in sorted(synced.nodes.items())
-        if not local.occupied(p) and _unchanged_remotely(s, remote.nodes.get(p))
+        if p not in local.nodes and _unchanged_remotely(s, remote.nodes.get(p)) and not local.occupied(p)
     ]
     if not sources:
         return []
     fresh = [p for p in sorted(local.nodes) if not synced.occupied(p) and not remote.occupied(p)]
     kinds = {synced.nodes[p].kind for p in sources} & {local.nodes[p].kind for p in fresh}
+    if not kinds:
+        return []
     targets: dict[object, list[str]] = {}
     for p in fresh:
         if local.nodes[p].kind in kinds:
             targets.setdefault(_signature(local, p), []).append(p)
     actions: list[Action] = []
-    for kind in ("dir", "file"):  # a whole folder in one move rather than its files one by one
+    for kind in sorted(kinds):  # "dir" first: a whole folder in one move, not file by file
         for src in sources:
             if src in synced.nodes and synced.nodes[src].kind == kind:
                 dst = _free_target(targets.get(_signature(synced, src), []), remote, synced)
@@ -318,8 +328,10 @@ def _unchanged_remotely(s: Node, r: Node | None) -> bool:
 
 
 def _free_target(candidates: list[str], remote: _Tree, synced: _Tree) -> str | None:
+    """The first candidate no earlier move has put something in or under (remote and
+    synced move in step, so looking at synced is enough) and no remote file blocks."""
     for i, dst in enumerate(candidates):
-        if not synced.occupied(dst) and not remote.occupied(dst) and _folders_on_the_way(remote, dst):
+        if not synced.occupied(dst) and _folders_on_the_way(remote, dst):
             del candidates[i]
             return dst
     return None
@@ -338,7 +350,7 @@ def _signature(tree: _Tree, root: str) -> object:
 # --- targets ------------------------------------------------------------------------
 
 
-def _decide(here: Node | None, there: Node | None, base: Node | None) -> Target | None:
+def _decide(here: Node | None, there: Node | None, base: Node | None) -> _Target | None:
     """The 3-way merge of one path: what it should be on both sides afterwards."""
     if same(here, there):
         return None if here is None else _side(here, "both")
@@ -350,24 +362,32 @@ def _decide(here: Node | None, there: Node | None, base: Node | None) -> Target 
     return _side(here, "local") if local_changed else _side(there, "remote")
 
 
-def _side(node: Node | None, side: Target) -> Target | None:
+def _side(node: Node | None, side: _Target) -> _Target | None:
     if node is None:
         return None
     return "dir" if node.kind == "dir" else side
 
 
-def _targets(local: _Tree, remote: _Tree, synced: _Tree) -> dict[str, Target]:
-    targets: dict[str, Target] = {}
+def _targets(local: _Tree, remote: _Tree, synced: _Tree) -> tuple[dict[str, _Target], set[str]]:
+    """Every path's target, and the paths that may need an action (the rest are settled)."""
+    targets: dict[str, _Target] = {}
+    busy: set[str] = set()
     for p in local.nodes.keys() | remote.nodes.keys() | synced.nodes.keys():
-        t = _decide(local.nodes.get(p), remote.nodes.get(p), synced.nodes.get(p))
+        here, there, base = local.nodes.get(p), remote.nodes.get(p), synced.nodes.get(p)
+        if here is not None and there is not None and base == there and same(here, there):
+            targets[p] = "dir" if here.kind == "dir" else "both"  # settled: nothing to do here
+            continue
+        busy.add(p)
+        t = _decide(here, there, base)
         if t is not None:
             targets[p] = t
     for p in list(targets):  # whatever survives keeps its folders
-        for a in reversed(ancestors(p)):
-            if targets.get(a) == "dir":
-                break
-            targets[a] = "dir"
-    return targets
+        folder = parent_of(p)
+        while folder != "/" and targets.get(folder) != "dir":  # a "dir" has its own turn
+            targets[folder] = "dir"
+            busy.add(folder)
+            folder = parent_of(folder)
+    return targets, busy
 
 
 # --- actions ------------------------------------------------------------------------
@@ -392,11 +412,11 @@ class _Plan:
         name, n = self.conflict_name(path), 1
         while name in self.named or any(t.occupied(name) for t in (self.local, self.remote, self.synced)):
             n += 1
-            name = with_suffix(self.conflict_name(path), f" {n}")
+            name = _with_suffix(self.conflict_name(path), f" {n}")
         self.named.add(name)
         return name
 
-    def path(self, p: str, t: Target | None) -> None:
+    def path(self, p: str, t: _Target | None) -> None:
         here, there, base = self.local.nodes.get(p), self.remote.nodes.get(p), self.synced.nodes.get(p)
         self.local_side(p, t, here, there, base)
         self.remote_side(p, t, here, there, base)
@@ -405,7 +425,7 @@ class _Plan:
             self.transfers.append(Record(p))
 
     def local_side(
-        self, p: str, t: Target | None, here: Node | None, there: Node | None, base: Node | None
+        self, p: str, t: _Target | None, here: Node | None, there: Node | None, base: Node | None
     ) -> None:
         if t is None:
             if here is not None:
@@ -427,7 +447,7 @@ class _Plan:
                 self.transfers.append(Download(p))
 
     def remote_side(
-        self, p: str, t: Target | None, here: Node | None, there: Node | None, base: Node | None
+        self, p: str, t: _Target | None, here: Node | None, there: Node | None, base: Node | None
     ) -> None:
         if t is None:
             if there is not None:
@@ -495,8 +515,7 @@ def plan(local: Tree, remote: Tree, synced: Tree, conflict_name: Callable[[str],
     out = _Plan(_Tree(local), _Tree(remote), _Tree(synced), conflict_name)
     out.moves = _remote_moves(out.local, out.remote, out.synced)
     out.moves += _local_moves(out.local, out.remote, out.synced)
-    targets = _targets(out.local, out.remote, out.synced)
-    everything = targets.keys() | out.local.nodes.keys() | out.remote.nodes.keys() | out.synced.nodes.keys()
-    for p in sorted(everything):
+    targets, busy = _targets(out.local, out.remote, out.synced)
+    for p in sorted(busy):
         out.path(p, targets.get(p))
     return out.ordered()

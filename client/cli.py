@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
+from client import history
 from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
 from client.memory import limit_malloc_arenas
 from client.transfer import Remote, download, stat_or_none, upload
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("local", type=Path, nargs="?", help="destination (default: the file's name here)")
     get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     get.add_argument("--json", action="store_true", help="print the result as JSON")
+    get.add_argument("--version", type=int, help="an older version (see `ferry history`)")
 
     ls = sub.add_parser("ls", parents=[common], help="list a folder")
     ls.add_argument("path", nargs="?", default="/")
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
     status.add_argument("--json", action="store_true")
+    history.add_commands(sub, common)
     return p
 
 
@@ -208,7 +211,7 @@ async def _put(remote: Remote, args: argparse.Namespace) -> int:
 
 async def _get(remote: Remote, args: argparse.Namespace) -> int:
     src = validate_path(args.remote)
-    entry = await remote.run(lambda c: _stat(c, src))
+    entry = await remote.run(lambda c: history.fetchable(c, src, args.version))
     dest: Path = args.local or Path(name_of(src))
     if dest.is_dir():
         dest = dest / name_of(src)
@@ -363,5 +366,5 @@ def _rm(remote: Remote, args: argparse.Namespace) -> Any:
 
 
 COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {
-    "put": _put, "get": _get, "ls": _ls, "mkdir": _mkdir, "mv": _mv, "rm": _rm,
+    "put": _put, "get": _get, "ls": _ls, "mkdir": _mkdir, "mv": _mv, "rm": _rm, **history.COMMANDS,
 }  # fmt: skip

@@ -37,6 +37,7 @@ from client.state import Observed, State
 from client.transfer import Remote, commit_blocks, fetch, place, send_file
 from client.transport import ConnectionLost, backoff_delays
 from protocol import messages as m
+from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import content_hash
 
@@ -49,6 +50,9 @@ MAX_ROUNDS = 50
 CONFLICT_MARK = " (conflicted copy from "
 TRANSFERS = (p.Upload, p.Download, p.Record)
 PARALLEL_TRANSFERS = 16
+SMALL_FILE = 1024 * 1024  # files up to this size are uploaded in batches
+BATCH_FILES = 500
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 class SyncError(Exception):
@@ -155,9 +159,17 @@ class Engine:
                     async with slots:
                         await self._attempt(action)
 
+                singles, batches = self._batch_small_uploads(actions[i:j])
+
+                async def bounded_batch(batch: list[p.Upload], slots: asyncio.Semaphore = slots) -> None:
+                    async with slots:
+                        await self._attempt_batch(batch)
+
                 try:
                     async with asyncio.TaskGroup() as group:
-                        for action in actions[i:j]:
+                        for batch in batches:
+                            group.create_task(bounded_batch(batch))
+                        for action in singles:
                             group.create_task(bounded(action))
                 except BaseExceptionGroup as failed:  # a dropped connection: the caller reconnects
                     raise failed.exceptions[0] from None
@@ -166,6 +178,83 @@ class Engine:
                 await self._attempt(actions[i])
                 i += 1
         return actions
+
+    def _batch_small_uploads(self, actions: list[p.Action]) -> tuple[list[p.Action], list[list[p.Upload]]]:
+        """Small files go up in batches: one block query and one commit per batch."""
+        singles: list[p.Action] = []
+        batches: list[list[p.Upload]] = [[]]
+        size = 0
+        for action in actions:
+            obs = self._scan.observed.get(action.path) if isinstance(action, p.Upload) else None
+            if not isinstance(action, p.Upload) or obs is None or obs.size > SMALL_FILE:
+                singles.append(action)
+                continue
+            if len(batches[-1]) >= BATCH_FILES or size + obs.size > BATCH_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(action)
+            size += obs.size
+        return singles, [b for b in batches if b]
+
+    async def _attempt_batch(self, batch: list[p.Upload]) -> None:
+        try:
+            await self._upload_batch(batch)
+        except ConnectionLost:
+            raise
+        except (ProtocolError, OSError) as e:
+            message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+            log.warning("upload of %d files: %s", len(batch), message)
+            self.status["last_error"] = message
+        self.status["pending"] -= len(batch)
+
+    async def _upload_batch(self, batch: list[p.Upload]) -> None:
+        def read_all() -> list[tuple[p.Upload, os.stat_result, list[tuple[bytes, bytes]]]]:
+            out = []
+            for action in batch:
+                disk = self.disk(action.path)
+                try:
+                    before = os.stat(disk)
+                    data = disk.read_bytes()
+                    after = os.stat(disk)
+                except OSError as e:
+                    log.info("%s: %s; will retry", action.path, e.strerror)
+                    continue
+                if (before.st_size, before.st_mtime_ns, before.st_ino) != (
+                    after.st_size,
+                    after.st_mtime_ns,
+                    after.st_ino,
+                ) or len(data) != after.st_size:
+                    continue  # changing while read: the next cycle takes it
+                out.append((action, after, [(b.hash, bytes(b.data)) for b in chunk_bytes(data)]))
+            return out
+
+        items = await asyncio.to_thread(read_all)
+        if not items:
+            return
+        data_of = {h: d for _, _, blocks in items for h, d in blocks}
+        files = [
+            m.FileCommit(a.path, a.parent, st_.st_size, st_.st_mtime_ns, [h for h, _ in blocks],
+                         bool(st_.st_mode & st.S_IXUSR))
+            for a, st_, blocks in items
+        ]  # fmt: skip
+        key = f"sync-{uuid.uuid4()}"
+
+        async def send_and_commit(conn: Any) -> m.CommittedBatch:
+            reply = await conn.call(lambda i: m.QueryBlocks(i, list(data_of)), m.BlocksMissing)
+            await asyncio.gather(*(conn.put_block(h, data_of[h]) for h in reply.missing))
+            return await conn.call(lambda i: m.CommitBatch(i, key, files), m.CommittedBatch)  # type: ignore[no-any-return]
+
+        done = await self.remote.run(send_and_commit)
+        for (action, st_, blocks), result in zip(items, done.results, strict=True):
+            if result.entry is None:
+                assert result.failure is not None
+                log.info("%s: %s; re-planning", action.path, result.failure.message)
+                if result.failure.code != ErrorCode.CONFLICT:
+                    self.status["last_error"] = result.failure.message
+                continue
+            digest = content_hash(h for h, _ in blocks)
+            self.state.record(action.path, result.entry, Observed(st_.st_size, st_.st_mtime_ns, st_.st_ino, digest,
+                                                                 bool(st_.st_mode & st.S_IXUSR)))  # fmt: skip
 
     async def _attempt(self, action: p.Action) -> None:
         """Run one action; a failure is reported and left to the next cycle."""
@@ -220,8 +309,11 @@ class Engine:
                 self.state.forget(path)
             case p.MoveRemote(src=src, dst=dst, parent=parent):
                 done = await self._change(lambda i, k: m.Move(i, k, src, dst, parent))
-                self.state.moved(src, dst)
-                self.state.record(dst, done.entry, self._scan.observed.get(dst))
+                if dst in self._scan.tree:  # a local rename: the disk has it at dst already
+                    self.state.moved(src, dst)
+                    self.state.record(dst, done.entry, self._scan.observed.get(dst))
+                else:  # a move-aside on the server: not here until the Download that follows
+                    self.state.apply_changes([done.entry], int(self.state.get("cursor", "0") or 0))
             case p.Download(path=path):
                 await self._download(path)
             case p.MkdirLocal(path=path):
@@ -234,7 +326,11 @@ class Engine:
             case p.ConflictCopy(path=path, new_path=new_path):
                 self._conflict_copy(path, new_path)
             case p.Record(path=path):
-                self._record_remote(path)
+                if self.state.remote_entry(path) is None:
+                    # gone on both sides (deleted here, moved or deleted there): not in the merge base any more
+                    self.state.forget(path, remote=False)
+                else:
+                    self._record_remote(path)
 
     async def _change(self, make: Callable[[int, str], m.Message]) -> m.Committed:
         key = f"sync-{uuid.uuid4()}"  # one key for every retry of this change: applied once
@@ -307,7 +403,8 @@ class Engine:
                 target.unlink()
         else:
             return  # edited since the scan: keep it; the next cycle uploads it
-        self.state.forget(path)
+        # not the remote entry: the server may hold something new here (a file replaced by a folder)
+        self.state.forget(path, remote=False)
 
     def _move_local(self, src: str, dst: str) -> None:
         source, target = self.disk(src), self.disk(dst)
@@ -315,8 +412,9 @@ class Engine:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, target)
+        # the merge base moves with it; not the server's entry at dst, which may be newer
+        # (moved and edited there): the Download or Record planned for dst settles that
         self.state.moved(src, dst)
-        self._record_remote(dst)
 
     def _conflict_copy(self, path: str, new_path: str) -> None:
         source, target = self.disk(path), self.disk(new_path)
@@ -328,6 +426,9 @@ class Engine:
             target = self.disk(new_path)
         os.rename(source, target)
         self.state.unobserve(path)
+        # the path is free now: the download that follows may land there this round
+        self._scan.tree.pop(path, None)
+        self._scan.observed.pop(path, None)
         self.status["conflicts"] = sorted({*self.status["conflicts"], new_path})
         log.warning("conflict: kept your version of %s as %s", path, new_path)
 
@@ -353,7 +454,9 @@ class Engine:
             for _ in range(MAX_ROUNDS):
                 actions = await self.cycle()
                 if not actions and not self._scan.unstable:
-                    self.status.update(state="up to date", pending=0, bytes_left=0)
+                    # a fixed point: an error of an earlier cycle (a commit that lost a race,
+                    # a file that changed meanwhile) was re-planned and is settled
+                    self.status.update(state="up to date", pending=0, bytes_left=0, last_error=None)
                     return True
                 if not actions:
                     await asyncio.sleep(SETTLE_S)

@@ -9,8 +9,9 @@ ahead of reality: the next scan and pull reconcile it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,19 @@ class State:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction. (``with self.db`` is none: the connection is in autocommit mode,
+        so each statement would commit on its own and a failure or a kill halfway through
+        would leave half an update.)"""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     # --- meta ------------------------------------------------------------------
 
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -79,7 +93,7 @@ class State:
 
     def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
         """Fold journal entries into the remote tree and advance the cursor, atomically."""
-        with self.db:
+        with self._tx():
             for e in entries:
                 # the same file at another path means it moved there
                 self.db.execute("DELETE FROM remote WHERE file_id = ? AND path != ?", (e.file_id, e.path))
@@ -93,7 +107,7 @@ class State:
             self.put("cursor", str(cursor))
 
     def reset_remote(self) -> None:
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM remote")
             self.put("cursor", "0")
 
@@ -121,7 +135,7 @@ class State:
 
     def record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
         """``path`` is in sync at ``entry`` (and, for a file, on disk as ``observed``)."""
-        with self.db:
+        with self._tx():
             self.db.execute(
                 "INSERT OR REPLACE INTO synced (path, kind, content_hash, executable, version, file_id)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -134,25 +148,31 @@ class State:
             if observed is not None:
                 self._observe(path, observed)
 
-    def forget(self, path: str) -> None:
-        """``path`` and everything below it are gone on both sides."""
+    def forget(self, path: str, *, remote: bool = True) -> None:
+        """``path`` and everything below it are gone on both sides (``remote=False``:
+        gone from the disk; the remote tree stays as the server's journal says)."""
         lo, hi = _below(path)
-        with self.db:
-            for table in ("synced", "observed", "remote"):
+        with self._tx():
+            for table in ("synced", "observed", "remote") if remote else ("synced", "observed"):
                 self.db.execute(
                     f"DELETE FROM {table} WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi)
                 )
 
     def forget_synced(self, path: str) -> None:
         lo, hi = _below(path)
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM synced WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi))
 
     def moved(self, src: str, dst: str) -> None:
         """A local rename of ``src`` (and its subtree) to ``dst`` happened on disk."""
         lo, hi = _below(src)
-        with self.db:
+        dst_lo, dst_hi = _below(dst)
+        with self._tx():
             for table in ("synced", "observed"):
+                # the rename found nothing at dst: whatever was recorded there is stale
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE path = ? OR (path > ? AND path < ?)", (dst, dst_lo, dst_hi)
+                )
                 self.db.execute(
                     f"UPDATE {table} SET path = ? || substr(path, ?) WHERE path = ? OR (path > ? AND path < ?)",
                     (dst, len(src) + 1, src, lo, hi),
@@ -169,7 +189,7 @@ class State:
         }
 
     def observe(self, path: str, obs: Observed) -> None:
-        with self.db:
+        with self._tx():
             self._observe(path, obs)
 
     def _observe(self, path: str, obs: Observed) -> None:
@@ -180,5 +200,5 @@ class State:
         )
 
     def unobserve(self, path: str) -> None:
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM observed WHERE path = ?", (path,))

@@ -150,6 +150,31 @@ class Commit(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class FileCommit:
+    """One file of a :class:`CommitBatch`: the fields of a :class:`Commit`."""
+
+    path: str
+    parent: int | None
+    size: int
+    mtime_ns: int
+    blocks: list[bytes]
+    executable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommitBatch(Message):
+    """Commit many files in one transaction (many small files sync as one
+    round trip). Each file is checked on its own: a stale parent fails that
+    file only; the others commit together."""
+
+    TYPE: ClassVar[str] = "commit_batch"
+    id: int
+    key: str
+    files: list[FileCommit]
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Mkdir(Message):
     TYPE: ClassVar[str] = "mkdir"
     id: int
@@ -236,6 +261,29 @@ class Committed(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one item of a batch failed: an :class:`Error` without a request id."""
+
+    code: str
+    message: str
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    entry: Entry | None = None  # committed
+    failure: Failure | None = None  # or not, and why
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBatch(Message):
+    TYPE: ClassVar[str] = "committed_batch"
+    id: int
+    seq: int
+    results: list[BatchResult]  # one per file, in order
+
+
+@dataclass(frozen=True, slots=True)
 class Changed(Message):
     """Push: namespace ``ns`` has journal entries up to ``seq``. Only a hint."""
 
@@ -253,8 +301,156 @@ class Error(Message):
     detail: dict[str, Any] | None = None
 
 
+# --- versions and snapshots ------------------------------------------------------
+#
+# Every saved state of a file is a version; a snapshot is the namespace's
+# journal cut at a time (``at_ns``: server nanoseconds since the epoch, cut to
+# the last change committed at or before it). Restores never rewrite history:
+# they commit new versions, so synced devices apply them like any change.
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One saved state of a file or folder, as its history shows it.
+    ``entry.deleted`` marks a deletion (a tombstone, without content)."""
+
+    entry: Entry
+    author: str | None = None  # the user whose device saved it
+    current: bool = False  # the state it has now
+    damaged: bool = False  # fsck found a block of it missing or corrupt
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedFile:
+    """A deleted file or folder that ``Restore`` (without a version) brings back."""
+
+    entry: Entry  # its last state before the deletion: what comes back
+    deleted_ns: int  # server time of the deletion
+    device: str | None = None  # the device that deleted it
+    author: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History(Message):
+    """Every version of the file at ``path`` (or last there), newest first,
+    following the file across renames. Page with ``before`` = the reply's ``next``."""
+
+    TYPE: ClassVar[str] = "history"
+    id: int
+    path: str
+    ns: int | None = None
+    before: int | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class GetVersion(Message):
+    """One version of the file at ``path`` with its blocks (``None``: the current one)."""
+
+    TYPE: ClassVar[str] = "get_version"
+    id: int
+    path: str
+    version: int | None = None
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListDeleted(Message):
+    """Deleted files and folders at or under ``path`` that can be restored."""
+
+    TYPE: ClassVar[str] = "list_deleted"
+    id: int
+    path: str = "/"
+    ns: int | None = None
+    after: str | None = None  # page cursor: the last path of the previous page
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot(Message):
+    """Everything at or under ``path`` as it was at ``at_ns`` (recursive, by path)."""
+
+    TYPE: ClassVar[str] = "snapshot"
+    id: int
+    path: str
+    at_ns: int
+    ns: int | None = None
+    after: str | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Message):
+    """Make ``version`` of the file at ``path`` current again, as a new
+    version; without ``version``, undelete ``path`` (a folder with its contents)."""
+
+    TYPE: ClassVar[str] = "restore"
+    id: int
+    key: str
+    path: str
+    version: int | None = None
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind(Message):
+    """Put ``path`` and everything under it back as it was at ``at_ns``, in one
+    change: files that did not exist then are deleted (and can be restored)."""
+
+    TYPE: ClassVar[str] = "rewind"
+    id: int
+    key: str
+    path: str
+    at_ns: int
+    ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Versions(Message):
+    TYPE: ClassVar[str] = "versions"
+    id: int
+    versions: list[VersionInfo]
+    next: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionReply(Message):
+    TYPE: ClassVar[str] = "version"
+    id: int
+    info: VersionInfo
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedListing(Message):
+    TYPE: ClassVar[str] = "deleted"
+    id: int
+    files: list[DeletedFile]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotListing(Message):
+    TYPE: ClassVar[str] = "snapshot_listing"
+    id: int
+    seq: int  # the journal cut the time names
+    entries: list[Entry]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restored(Message):
+    TYPE: ClassVar[str] = "restored"
+    id: int
+    seq: int
+    entry: Entry  # what now stands at the path
+    changes: int | None = None  # journal entries the change wrote (None on a retried request)
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, Welcome, Ping, Stat, ListFolder, ListChanges, QueryBlocks, GetBlock, Commit, Mkdir, Move,
     Delete, Pong, Ok, EntryReply, Listing, Changes, BlocksMissing, Committed, Changed, Error,
+    CommitBatch, CommittedBatch,
+    History, GetVersion, ListDeleted, Snapshot, Restore, Rewind,
+    Versions, VersionReply, DeletedListing, SnapshotListing, Restored,
 )  # fmt: skip
 BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from protocol.errors import ErrorCode, ProtocolError
-from server import db, ws
+from server import db, gc, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.metastore import MetaStore
@@ -77,9 +77,17 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         except Exception as e:  # keep serving metadata; block requests will say why they fail
             log.error("block store not usable yet: %s", e)
         app.state.services = Services(settings, MetaStore(pool), blocks, notifier)
+        await gc.record_settings(pool, settings, str(getattr(blocks, "url", settings.block_spec)))
+        collector = (
+            asyncio.create_task(gc.run_periodically(pool, blocks, settings)) if settings.gc_every else None
+        )
         try:
             yield
         finally:
+            if collector is not None:
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
             await notifier.stop()
             await blocks.close()
             await pool.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from protocol.errors import ErrorCode, ProtocolError
-from server import db
+from server import admin_gc, db
 from server.config import Settings, add_serve_flags, add_server_flags, settings_from
 from server.metastore import MetaStore
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     d_rev = device.add_parser("revoke", help="revoke a device's token (its live connections close)")
     d_rev.add_argument("device_id", type=int)
     add_server_flags(d_rev)
+    admin_gc.add_commands(admin)
     return p
 
 
@@ -75,6 +76,8 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
         meta = MetaStore(pool)
         try:
             match (args.what, args.action):
+                case ("gc" | "fsck" | "retention", _):
+                    return await admin_gc.command(args, pool, settings)
                 case ("user", "add"):
                     await meta.add_user(args.name, _read_password())
                     print(f"user {args.name} added")

@@ -27,6 +27,24 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.I)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"2d"`` → seconds; plain numbers are seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30m, 1h or 3600)")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
+
+
+def parse_days(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r} (0 keeps versions forever)")
+    return int(text)
+
+
 @dataclass
 class Settings:
     data_dir: Path = Path("ferry-data")
@@ -41,6 +59,9 @@ class Settings:
     handshake_timeout: float = 10.0
     idle_timeout: float = 90.0
     log_level: str = "info"
+    keep_versions_days: int = 180  # 0: forever
+    gc_every: float = 3600.0  # seconds between background GC runs; 0: never
+    gc_grace: float = 3600.0  # blocks uploaded this recently are never collected
 
     @property
     def max_frame(self) -> int:
@@ -88,11 +109,28 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="size of the in-memory hot-block cache (default 32MiB; 0 disables)",
     )
     p.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])  # fmt: skip
+    add_retention_flags(p, default=True)
+    p.add_argument("--gc-every", type=parse_duration, default=parse_duration(_env("gc_every", "1h") or "1h"),
+                   help="run retention pruning and GC in the background this often (default 1h; 0 never)")  # fmt: skip
+
+
+def add_retention_flags(p: argparse.ArgumentParser, default: bool) -> None:
+    """Retention and GC flags; for ``admin gc`` (``default=False``) an unset
+    flag means: what the running server was started with."""
+    days, grace = (
+        _env("keep_versions_days", "180" if default else None),
+        _env("gc_grace", "1h" if default else None),
+    )
+    p.add_argument("--keep-versions-days", type=parse_days, default=parse_days(days) if days else None,
+                   help="prune versions replaced more than this many days ago (default 180; 0 keeps them forever)")  # fmt: skip
+    p.add_argument("--gc-grace", type=parse_duration, default=parse_duration(grace) if grace else None,
+                   help="never collect blocks uploaded this recently (default 1h)")  # fmt: skip
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(data_dir=args.data_dir, database_url=args.database_url or None)
-    for name in ("host", "port", "blocks", "s3_endpoint", "cache_bytes", "log_level"):
-        if hasattr(args, name):
+    for name in ("host", "port", "blocks", "s3_endpoint", "cache_bytes", "log_level",
+                 "keep_versions_days", "gc_every", "gc_grace"):  # fmt: skip
+        if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
     return s

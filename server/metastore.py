@@ -13,9 +13,9 @@ only for committed data, and a retried request returns the first result.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,11 +24,12 @@ import orjson
 from protocol import framing
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES, content_hash
-from protocol.messages import BlockRef, Entry, NamespaceInfo
+from protocol.messages import BatchResult, BlockRef, Entry, Failure, FileCommit, NamespaceInfo
 from protocol.paths import ancestors, is_within, parent_of
 from server import auth
 
 NOTIFY_CHANNEL = "ferry_changes"
+MAX_BATCH = 1000
 DEVICES_CHANNEL = "ferry_devices"
 _VERSION_COLS = (
     "v.version_id, v.file_id, v.path, v.kind, v.deleted, v.size, v.mtime_ns, v.executable,"
@@ -65,8 +66,16 @@ def _entry(row: asyncpg.Record, with_blocks: bool) -> Entry:
         blocks=blocks,
         deleted=row["deleted"],
         device=row["device_name"],
-        committed_ns=int(row["created_at"].timestamp() * 1e9),
+        committed_ns=_ns(row["created_at"]),
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ns(when: datetime) -> int:
+    """Exact nanoseconds (a float timestamp would be off by up to ~200 ns)."""
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _conflict(path: str, current: Entry | None, why: str) -> ProtocolError:
@@ -331,47 +340,33 @@ class MetaStore:
         executable: bool,
         blocks: Sequence[bytes],
     ) -> tuple[int, Entry]:
-        if path == "/":
-            raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be written as a file")
-        if size < 0:
-            raise ProtocolError(ErrorCode.BAD_ENTRY, "size cannot be negative")
+        return await self._change(
+            who, key, ns, _file_change(path, parent, size, mtime_ns, executable, blocks)
+        )
 
-        async def change(tx: _Tx) -> Entry:
-            head = await tx.head(path)
-            if head is not None and head.kind == "dir":
-                raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{path} is a folder")
-            if (head.version if head else None) != parent:
-                why = "changed on the server since your version" if head else "no longer exists on the server"
-                if parent is None:
-                    why = "already exists on the server"
-                raise _conflict(path, head, why)
-            sizes = await tx.block_sizes(blocks)
-            if sum(sizes) != size:
-                raise ProtocolError(
-                    ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
-                )
-            digest = content_hash(blocks)
-            if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
-                digest,
-                size,
-                mtime_ns,
-                executable,
-            ):
-                return head  # nothing changed: no new version
-            await tx.ensure_folders(path)
-            return await tx.write(
-                file_id=head.file_id if head else None,
-                path=path,
-                kind="file",
-                size=size,
-                mtime_ns=mtime_ns,
-                executable=executable,
-                content_hash=digest,
-                blocks=blocks,
-                sizes=sizes,
-            )
+    async def commit_batch(
+        self, who: Principal, key: str, ns: int | None, files: Sequence[FileCommit]
+    ) -> tuple[int, list[BatchResult]]:
+        """Commit many files in one transaction; each file stands or falls on its own."""
+        if len(files) > MAX_BATCH:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"commit at most {MAX_BATCH} files per batch")
 
-        return await self._change(who, key, ns, change)
+        async def change(tx: _Tx) -> list[BatchResult]:
+            results = []
+            for f in files:
+                before = tx.seq
+                try:
+                    async with tx.conn.transaction():  # a savepoint: a failed file leaves no trace
+                        entry = await _file_change(
+                            f.path, f.parent, f.size, f.mtime_ns, f.executable, f.blocks
+                        )(tx)
+                    results.append(BatchResult(entry=entry))
+                except ProtocolError as e:
+                    tx.seq = before
+                    results.append(BatchResult(failure=Failure(e.code.value, e.message, e.detail)))
+            return results
+
+        return await self._change(who, key, ns, change, list[BatchResult])
 
     async def mkdir(self, who: Principal, key: str, ns: int | None, path: str) -> tuple[int, Entry]:
         if path == "/":
@@ -435,7 +430,9 @@ class MetaStore:
 
         return await self._change(who, key, ns, change)
 
-    async def _change(self, who: Principal, key: str, ns: int | None, change: Any) -> tuple[int, Entry]:
+    async def _change(
+        self, who: Principal, key: str, ns: int | None, change: Any, result_type: Any = Entry
+    ) -> tuple[int, Any]:
         if not key or len(key) > 200:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, "a change needs an idempotency key of 1-200 characters"
@@ -446,7 +443,7 @@ class MetaStore:
                     "SELECT result FROM requests WHERE user_id = $1 AND key = $2", who.user_id, key
                 )
                 if done is not None:
-                    return _replay(done)
+                    return _replay(done, result_type)
                 try:
                     async with conn.transaction():
                         ns_id = await self._writable(conn, who, ns)
@@ -457,7 +454,7 @@ class MetaStore:
                             "SELECT result FROM requests WHERE user_id = $1 AND key = $2", who.user_id, key
                         )
                         if done is not None:
-                            return _replay(done)
+                            return _replay(done, result_type)
                         entry = await change(tx)
                         seq = await tx.finish()
                         result = orjson.dumps({"seq": seq, "entry": framing.to_wire(entry)}).decode()
@@ -474,9 +471,56 @@ class MetaStore:
         raise AssertionError("unreachable")
 
 
-def _replay(result: str) -> tuple[int, Entry]:
+def _replay(result: str, result_type: Any) -> tuple[int, Any]:
     body = orjson.loads(result)
-    return body["seq"], framing.from_wire(Entry, body["entry"], "entry")
+    return body["seq"], framing.from_wire(result_type, body["entry"], "entry")
+
+
+def _file_change(
+    path: str, parent: int | None, size: int, mtime_ns: int, executable: bool, blocks: Sequence[bytes]
+) -> Callable[[_Tx], Awaitable[Entry]]:
+    """The change that makes ``path`` a file with these blocks, based on ``parent``."""
+    if path == "/":
+        raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be written as a file")
+    if size < 0:
+        raise ProtocolError(ErrorCode.BAD_ENTRY, "size cannot be negative")
+
+    async def change(tx: _Tx) -> Entry:
+        head = await tx.head(path)
+        if head is not None and head.kind == "dir":
+            raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{path} is a folder")
+        if (head.version if head else None) != parent:
+            why = "changed on the server since your version" if head else "no longer exists on the server"
+            if parent is None:
+                why = "already exists on the server"
+            raise _conflict(path, head, why)
+        sizes = await tx.block_sizes(blocks)
+        if sum(sizes) != size:
+            raise ProtocolError(
+                ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
+            )
+        digest = content_hash(blocks)
+        if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
+            digest,
+            size,
+            mtime_ns,
+            executable,
+        ):
+            return head  # nothing changed: no new version
+        await tx.ensure_folders(path)
+        return await tx.write(
+            file_id=head.file_id if head else None,
+            path=path,
+            kind="file",
+            size=size,
+            mtime_ns=mtime_ns,
+            executable=executable,
+            content_hash=digest,
+            blocks=blocks,
+            sizes=sizes,
+        )
+
+    return change
 
 
 _DUMMY_HASH = auth.hash_password("not a real password")
@@ -637,7 +681,7 @@ class _Tx:
             blocks=[BlockRef(h, s) for h, s in zip(blocks, sizes, strict=True)],
             deleted=deleted,
             device=self.who.device,
-            committed_ns=int(row["created_at"].timestamp() * 1e9) if row["created_at"] else time.time_ns(),
+            committed_ns=_ns(row["created_at"]) if row["created_at"] else time.time_ns(),
         )
 
     async def finish(self) -> int:

@@ -44,8 +44,10 @@ class Services:
             if await self.meta.block_stored(h):
                 if await asyncio.to_thread(lambda: hashlib.sha256(data).digest()) != h:
                     raise BadBlock("block bytes do not match their SHA-256")
-            else:
-                await self.blocks.put(h, data)  # verifies, then durable
+                if await self.meta.claim_stored_block(who, h):
+                    return
+                # GC collected it since we looked: store it again (see server.gc)
+            await self.blocks.put(h, data)  # verifies, then durable
             await self.meta.record_upload(who, h, len(data))
 
     async def get_block(self, who: Principal, h: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.paths import validate_path
 from protocol.version import negotiate
+from server import versions
 from server.metastore import Principal
 from server.services import Services, translate_errors
 
@@ -244,6 +246,10 @@ class Session:
                         c.blocks,
                     )
                     return m.Committed(c.id, seq, entry)
+                case m.CommitBatch(id=i, key=key, files=files, ns=ns):
+                    checked = [dataclasses.replace(f, path=validate_path(f.path)) for f in files]
+                    seq, results = await meta.commit_batch(who, key, ns, checked)
+                    return m.CommittedBatch(i, seq, results)
                 case m.Mkdir(id=i, key=key, path=p, ns=ns):
                     seq, entry = await meta.mkdir(who, key, ns, validate_path(p))
                     return m.Committed(i, seq, entry)
@@ -253,6 +259,8 @@ class Session:
                 case m.Delete(id=i, key=key, path=p, parent=parent, ns=ns):
                     seq, entry = await meta.delete(who, key, ns, validate_path(p), parent)
                     return m.Committed(i, seq, entry)
+                case m.History() | m.GetVersion() | m.ListDeleted() | m.Snapshot() | m.Restore() | m.Rewind():
+                    return await versions.handle(meta, who, msg)
                 case m.Hello():
                     raise ProtocolError(ErrorCode.PROTOCOL, "hello was already exchanged")
                 case _:

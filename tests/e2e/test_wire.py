@@ -413,6 +413,30 @@ class TestCommit:
             assert (now.version, now.size, now.content_hash) == (v2.version, v2.size, v2.content_hash)
             assert [e.version for e in await all_changes(ws)] == [v1.version, v2.version]
 
+    async def test_batch_commit_fails_per_file_and_applies_once(self, srv: FerryServer) -> None:
+        async with await session(srv, await new_user(srv, "alice")) as ws:
+            v1 = (await upload_and_commit(ws, "/taken.txt", b"already here")).entry
+            blobs = [b"first", b"second", b"third"]
+            for blob in blobs:
+                assert isinstance(await put_block(ws, blob), m.Ok)
+            files = [
+                m.FileCommit("/batch/a.txt", None, 5, 1, [sha(blobs[0])]),
+                m.FileCommit("/taken.txt", None, 6, 1, [sha(blobs[1])]),  # stale: exists already
+                m.FileCommit("/batch/c.txt", None, 7, 1, [sha(blobs[2])]),  # wrong size
+                m.FileCommit("/batch/d.txt", None, 6, 1, [sha(blobs[1])]),
+            ]
+            first = await call(ws, m.CommitBatch(900, "batch-key", files))
+            assert isinstance(first, m.CommittedBatch)
+            codes = [r.failure.code if r.failure else None for r in first.results]
+            assert codes == [None, "conflict", "bad_entry", None]
+            assert first.results[1].failure.detail["current"]["version"] == v1.version  # type: ignore[union-attr, index]
+            again = await call(ws, m.CommitBatch(901, "batch-key", files))
+            assert again.results == first.results and again.seq == first.seq
+            paths = sorted(e.path for e in await all_changes(ws))
+            assert paths == ["/batch", "/batch/a.txt", "/batch/d.txt", "/taken.txt"]
+            assert (await stat(ws, "/taken.txt")).entry.version == v1.version
+            err(await call(ws, m.Stat(902, "/batch/c.txt")), ErrorCode.NOT_FOUND)
+
     async def test_same_key_commits_once(self, srv: FerryServer) -> None:
         token = await new_user(srv, "alice")
         async with await session(srv, token) as ws:

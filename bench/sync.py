@@ -154,8 +154,11 @@ def system_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    out = {}
+def cpu_snapshot(procs: dict[str, list[psutil.Process]]) -> dict[str, Any]:
+    """CPU seconds so far: of our processes by role, of this script (with its
+    finished children), of every other process by pid, and of the whole machine."""
+    mine = {proc.pid for ps in procs.values() for proc in ps} | {os.getpid()}
+    out: dict[str, Any] = {}
     for role, ps in procs.items():
         total = 0.0
         for proc in ps:
@@ -165,16 +168,29 @@ def cpu_snapshot(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
         out[role] = total
     t = os.times()
     out["bench"] = t.user + t.system + t.children_user + t.children_system
+    others: dict[tuple[int, float], tuple[bool, float]] = {}
+    for proc in psutil.process_iter(["ppid", "create_time", "cpu_times"]):
+        info = proc.info
+        if proc.pid in mine or info["cpu_times"] is None:
+            continue
+        kernel = proc.pid == 2 or info["ppid"] == 2  # kernel threads: writeback, softirq...
+        others[(proc.pid, info["create_time"])] = (kernel, info["cpu_times"].user + info["cpu_times"].system)
+    out["others"] = others
     out["system"] = system_busy_s()
     return out
 
 
-def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds per role over the window; "other" is what the rest of the machine used
-    (other users' work: it should be near 0 for figures worth keeping)."""
-    d = {k: after[k] - before[k] for k in before}
-    system = d.pop("system")
-    d["other"] = max(0.0, system - sum(d.values()))
+def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds over the window: per role of ours; "kernel" (kernel threads,
+    e.g. writing dirty pages back, and CPU time no process was charged for);
+    "other" (everybody else's processes: near 0 for figures worth keeping)."""
+    d = {k: after[k] - before[k] for k in before if k not in ("others", "system")}
+    d["other"] = sum(  # a process that started within the window: all of its time
+        t1 - before["others"].get(key, (kernel, 0.0))[1]
+        for key, (kernel, t1) in after["others"].items()
+        if not kernel
+    )
+    d["kernel"] = max(0.0, after["system"] - before["system"] - sum(d.values()))
     return {k: round(v, 3) for k, v in d.items()}
 
 
@@ -705,7 +721,8 @@ def compare(order: list[str], ferry: dict[str, dict], st: dict[str, dict]) -> li
         row: dict[str, Any] = {"scenario": s}
         if fr:
             row.update(ferry_s=fr["seconds"], ferry_up=fr.get("bytes_up"), ferry_down=fr.get("bytes_down"),
-                       ferry_stored=fr.get("stored_bytes"), ferry_ok=fr.get("verified"))  # fmt: skip
+                       ferry_stored=fr.get("stored_bytes"), ferry_ok=fr.get("verified"),
+                       other_cpu_s=fr.get("cpu_s", {}).get("other"))  # fmt: skip
             if s == "f":
                 row["ferry_p95_s"] = fr["seconds_p95"]
         if sr:
@@ -740,7 +757,7 @@ def aim_of(s: str, row: dict[str, Any]) -> tuple[str, bool | None]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["scenario", "Ferry s", "Syncthing s", "ratio F/S", "Ferry up", "Ferry down", "Ferry stored",
-            "Syncthing bytes", "aim", "met", "bytes aim met"]  # fmt: skip
+            "Syncthing bytes", "aim", "met", "bytes aim met", "others' CPU s"]  # fmt: skip
 
     def s(v: Any, f: str = "{:.3f}") -> str:
         return "-" if v is None else f.format(v)
@@ -756,7 +773,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         met, bytes_met = yes_no[r["aim_met"]], yes_no[r.get("bytes_aim_met")]
         lines.append([r["scenario"], ferry_s, st_s, s(r.get("ratio"), "{:.2f}"),
                       fmt_bytes(r.get("ferry_up")), fmt_bytes(r.get("ferry_down")),
-                      fmt_bytes(r.get("ferry_stored")), fmt_bytes(r.get("syncthing_bytes")), r["aim"], met, bytes_met])  # fmt: skip
+                      fmt_bytes(r.get("ferry_stored")), fmt_bytes(r.get("syncthing_bytes")), r["aim"], met, bytes_met,
+                      s(r.get("other_cpu_s"), "{:.2f}")])  # fmt: skip
     w = [max(len(c), *(len(x[i]) for x in lines)) if lines else len(c) for i, c in enumerate(cols)]
     print()
     print(
@@ -765,7 +783,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("up = A -> server, down = server -> B (TCP bytes); stored = new block bytes on the server;")
     print("Syncthing bytes = BEP bytes A <-> B; f: median (p95) of the samples, Syncthing watcher only;")
     print(f"bytes aim (c, d, e): up and down each <= 2 x {fmt_bytes(MAX_BLOCK)} blocks + the new bytes "
-          f"+ {fmt_bytes(OVERHEAD_ALLOWANCE)} for requests")  # fmt: skip
+          f"+ {fmt_bytes(OVERHEAD_ALLOWANCE)} for requests; others' CPU s: what other people's processes "
+          "used during Ferry's timed window (f: median)")  # fmt: skip
     print(" | ".join(c.ljust(w[i]) for i, c in enumerate(cols)))
     print("-+-".join("-" * x for x in w))
     for x in lines:
@@ -802,6 +821,8 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep Ferry's scratch folder")
     args = p.parse_args()
 
+    if not args.skip_syncthing and not args.peer.is_file():
+        p.error(f"no Syncthing harness at {args.peer}; give --peer PATH or --skip-syncthing")
     order = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := [s for s in order if s not in "abcdefg" or len(s) != 1]:
         p.error(f"unknown scenarios: {unknown}")

@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -159,13 +160,18 @@ async def server_side(url: str, token: str, base: datetime, repeat: int) -> dict
                 count += len(entries)
             return count
 
-        out: dict[str, list[float]] = {k: [] for k in ("history", "snapshot_page", "snapshot_all", "rewind")}
+        out: dict[str, list[float]] = {
+            k: [] for k in ("history", "snapshot_page", "snapshot_dir", "snapshot_all", "rewind")
+        }
         for i in range(repeat):
             t, n = await timed(history)
             assert n == HOT, n
             out["history"].append(t)
             t, n = await timed(lambda: snapshot("/bench", False))
             out["snapshot_page"].append(t)
+            t, n = await timed(lambda: snapshot("/bench/d09", True))
+            assert n == PER_DIR, n
+            out["snapshot_dir"].append(t)
             t, n = await timed(lambda: snapshot("/bench", True))
             assert n == FILES + 10, n
             out["snapshot_all"].append(t)
@@ -184,6 +190,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--keep", action="store_true", help="keep the database afterwards (prints its URL)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-versions-", dir=args.work))
     admin = admin_url(work)
@@ -246,7 +253,7 @@ def main() -> None:
             ("history of a file with 10,000 versions (all pages)", "history", "history"),
             ("snapshot at an old time, first page of 1,000", "snapshot_page", None),
             ("snapshot at an old time, all 100,010 entries", "snapshot_all", "snapshot_all"),
-            ("snapshot at an old time, one folder of 10,000", None, "snapshot_dir"),
+            ("snapshot at an old time, one folder of 10,000", "snapshot_dir", "snapshot_dir"),
             ("rewind a folder of 10,000 files (one change)", "rewind", "rewind"),
             ("`ferry ls` of one entry (fixed cost of a command)", None, "noop"),
         ]
@@ -258,7 +265,11 @@ def main() -> None:
         print(f"rewind changes: server {srv['rewind_changes']}, cli {cli['rewind_changes']}")
     finally:
         server.stop()
-        drop_database(admin, url)
+        if args.keep:
+            print(f"database kept: {url}; files kept: {work}", file=sys.stderr)
+        else:
+            drop_database(admin, url)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,8 @@ class Engine:
                     after.st_ino,
                 ) or len(data) != after.st_size:
                     continue  # changing while read: the next cycle takes it
+                if not self._as_scanned(action.path, after):
+                    continue  # rewritten since the scan (maybe half-written yet): the next cycle looks again
                 out.append((action, after, [(b.hash, bytes(b.data)) for b in chunk_bytes(data)]))
             return out
 
@@ -347,9 +349,23 @@ class Engine:
             return False
         return (now.st_size, now.st_mtime_ns, now.st_ino) == (seen.size, seen.mtime_ns, seen.inode)
 
+    def _as_scanned(self, path: str, now: os.stat_result) -> bool:
+        """Is ``now`` the stat of the very file the scan saw (and found settled) at ``path``?"""
+        seen = self._scan.observed.get(path)
+        return seen is not None and (now.st_size, now.st_mtime_ns, now.st_ino) == (
+            seen.size,
+            seen.mtime_ns,
+            seen.inode,
+        )
+
     async def _upload(self, path: str, parent: int | None) -> None:
         src = self.disk(path)
         plan, stat = await send_file(self.remote, src, lambda n: None)
+        if not self._as_scanned(path, stat):
+            # rewritten since the scan (maybe half-written yet: the scan's settle check is
+            # what keeps those out): never commit it unseen; the next cycle looks again
+            log.info("%s changed since the scan; re-planning", path)
+            return
         digest = content_hash(plan.hashes)
         key = f"sync-{uuid.uuid4()}"
         done = await self.remote.run(lambda conn: commit_blocks(conn, src, path, plan, stat, parent, key))

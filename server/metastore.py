@@ -74,8 +74,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ns(when: datetime) -> int:
-    """Exact nanoseconds (a float timestamp would be off by up to ~200 ns)."""
-    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+    """Exact nanoseconds (``timestamp() * 1e9`` is off by up to ~200 ns)."""
+    t = when - _EPOCH
+    return (t.days * 86_400_000_000 + t.seconds * 1_000_000 + t.microseconds) * 1000
 
 
 def _conflict(path: str, current: Entry | None, why: str) -> ProtocolError:

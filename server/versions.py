@@ -30,7 +30,7 @@ from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import DeletedFile, Entry, VersionInfo
 from protocol.paths import validate_path
-from server.metastore import _VERSION_COLS, MetaStore, Principal, _entry, _Tx
+from server.metastore import _VERSION_COLS, MetaStore, Principal, _entry, _ns, _Tx
 from server.rewind import Node, Op, plan
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -38,13 +38,13 @@ MAX_PAGE = 5000
 _INFO_COLS = f"{_VERSION_COLS}, u.name AS author, v.damaged"
 _WHO = "LEFT JOIN devices d ON d.device_id = v.device_id LEFT JOIN users u ON u.user_id = d.user_id"
 _NODE_COLS = "v.version_id, v.file_id, v.path, v.kind, v.content_hash, v.size, v.mtime_ns, v.executable"
-# paths at or under $2: $3 = $2 + '/', $4 = $2 + '0' ('0' sorts right after '/' in the C collation)
-_UNDER = "({a}.path = $2 OR ({a}.path > $3 AND {a}.path < $4))"
+# paths at or under $2: $3 = $2 + '/', $4 = $2 + '0' ('0' sorts right after '/' in the C collation);
+# the outer range is what the index scans, the inner test drops siblings like "$2-old"
+_UNDER = "{a}.path >= $2 AND {a}.path < $4 AND ({a}.path = $2 OR {a}.path > $3)"
 _VALID_AT = "ph.from_seq <= {s} AND (ph.to_seq IS NULL OR ph.to_seq > {s})"
 
 
-def to_ns(when: datetime) -> int:
-    return (when - EPOCH) // timedelta(microseconds=1) * 1000
+to_ns = _ns
 
 
 def from_ns(ns: int) -> datetime:
@@ -495,7 +495,10 @@ async def _node_now(conn: Any, ns: int, path: str) -> Node | None:
 async def _apply(tx: _Tx, ops: list[Op], current: list[Node]) -> None:
     """Write ``ops`` in order as versions copied from their sources: the same
     rows ``_Tx.write`` writes one at a time (versions, journal, path_history,
-    heads, namespace_blocks), here a few set-based statements for any count."""
+    heads), here a few set-based statements for any count. namespace_blocks
+    needs nothing: every source is a kept version of this namespace, so its
+    blocks are listed there already (pruning, under the same lock, only drops
+    blocks no kept version references)."""
     if not ops:
         return
     conn, ns = tx.conn, tx.ns
@@ -548,15 +551,6 @@ async def _apply(tx: _Tx, ops: list[Op], current: list[Node]) -> None:
             " version_id = EXCLUDED.version_id, kind = EXCLUDED.kind, seq = EXCLUDED.seq",
             ns, *(list(col) for col in zip(*heads, strict=True)),
         )  # fmt: skip
-    await conn.execute(
-        "INSERT INTO namespace_blocks (namespace_id, hash)"
-        " SELECT DISTINCT $1::bigint, substring(v.block_hashes FROM g * 32 + 1 FOR 32) FROM versions v"
-        " CROSS JOIN LATERAL generate_series(0, octet_length(v.block_hashes) / 32 - 1) AS g"
-        " WHERE v.namespace_id = $1 AND v.version_id = ANY($2::bigint[]) AND NOT v.deleted"
-        " ON CONFLICT DO NOTHING",
-        ns,
-        ids,
-    )
 
 
 def _history_rows(

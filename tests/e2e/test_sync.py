@@ -403,3 +403,45 @@ def _sync_with_settle(c: Client, settle_ms: str, expect_ok: bool) -> dict:
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     return c.status()
+
+
+def test_file_rewritten_between_scan_and_upload_is_not_committed(clients, monkeypatch) -> None:
+    """An app starts rewriting a file (truncates it) just after the scan found it settled:
+    the upload must notice the file is no longer what the scan saw and commit nothing, on
+    the batched small-file path and the single big-file path alike (I3: no torn content)."""
+    from client import engine as engine_mod
+    from client.home import load_credentials
+
+    (a,) = clients(1)
+    small = a.write("small.txt", b"s" * 1000)
+    big = a.write("big.bin", random.Random(7).randbytes(3 << 20))
+    real_scan, scans = engine_mod.scan, []
+
+    def scan_then_truncate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_scan(*args, **kwargs)
+        scans.append(out)
+        if len(scans) == 1:
+            for f in (small, big):
+                os.truncate(f, 0)  # the app's rewrite begins: empty for now
+        return out
+
+    monkeypatch.setattr(engine_mod, "scan", scan_then_truncate)
+    engine = engine_mod.Engine(a.folder, a.device.home, load_credentials(a.device.home))
+    engine.check_root()
+    try:
+        actions = asyncio.run(engine.cycle())
+    finally:
+        engine.state.close()
+    assert {getattr(x, "path", None) for x in actions} == {"/small.txt", "/big.bin"}  # it did try
+    listed = {e["path"] for e in json.loads(a.device.run("ls", "--json", check=True).stdout)}
+    assert listed == set(), "a file emptied after the scan was committed"
+
+    a.write("small.txt", b"final small")  # the app finishes its save
+    a.write("big.bin", b"final big" * 1000)
+    a.sync()
+    for name, data in (("small.txt", b"final small"), ("big.bin", b"final big" * 1000)):
+        got = a.folder.parent / f"got-{name}"
+        a.device.run("get", f"/{name}", str(got), check=True)
+        assert got.read_bytes() == data
+        history = json.loads(a.device.run("history", f"/{name}", "--json", check=True).stdout)
+        assert len(history) == 1, history  # only the finished save, never the empty one

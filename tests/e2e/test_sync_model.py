@@ -3,41 +3,57 @@
 Three clients (separate homes and folders, one user, one real `ferry server`
 on the real PostgreSQL) take random steps chosen by ``random.Random(seed)``:
 
-* file-system operations on their own folder: create, edit in place, save
-  atomically (temp file + rename), append, truncate, delete, rename, move
-  between folders, mkdir, rmdir (a recursive delete);
-* a sync, run in-process (:class:`client.engine.Engine`, as ``sync_once`` runs it);
-* going offline for a while (simply not syncing), the server going down for
-  a while (``FerryServer.stop()``; syncs attempted meanwhile fail) and coming
-  back, the server restarting while a client syncs;
-* ``ferry sync --once`` as a subprocess, SIGKILLed after a random short delay.
+* file operations on their own folder: create, edit in place, save
+  atomically (temp file + rename), append, truncate, chmod +x/-x, delete,
+  rename, move between folders, mkdir, rmdir (recursive), and replacing a
+  file by a folder of the same name or the reverse. Few names, shared by
+  files and folders, so devices collide; half the picks go to paths touched
+  lately, so one file is moved and edited, or edited on two devices, often;
+* a sync, run in-process (:class:`client.engine.Engine.run_once`, as
+  ``sync_once`` runs it, so the test also sees each cycle's actions);
+* going offline for a while (simply not syncing); the server stopped for a
+  while (``FerryServer.stop()``; syncs tried meanwhile must fail, not pass)
+  and started again; the server restarted while a client syncs;
+* ``ferry sync --once`` processes: one SIGKILLed after a random short delay,
+  or two or three at once (their commits race on the server, one may be
+  killed), while the user goes on editing those folders (some writes in two
+  goes with a pause, like an app saving a big file).
 
-The oracle. Every write's bytes are unique (they name seed, client and step)
-and their content hash is kept (``written``). When a client *starts* a sync,
-every file content in its folder is a saved edit; if that sync then finishes
-(the engine ran to a fixed point, or the subprocess exited 0), each of those
-contents must survive (``must_keep``). An edit overwritten locally before any
-sync that saw it finished is allowed to vanish.
+The oracle. Every write's bytes are unique (they name seed, client, step and
+write), and the hash of every content ever written is kept (``written``).
+When a client *starts* a sync, each file content in its folder is an edit
+that device saved; if that sync finishes (the engine reached a fixed point,
+or the process exited 0), each of those contents must survive
+(``must_keep``) unless the user destroyed it while that sync ran. An edit
+overwritten locally before any sync that saw it finished may vanish. Every
+content a user deleted or overwrote on some device is kept in ``destroyed``.
 
-At the end the server is up and every client syncs, round robin, until a
-whole round changes nothing (bounded). Then:
+While running: a sync with the server up must succeed and reach a fixed point
+(I7), one with the server down must fail; every file a sync starts from holds
+content some device wrote (I3). At the end the server is up and every client
+syncs, round robin, until a whole round does nothing (bounded: I1, I7). Then:
 
-1. I1: every replica's tree equals the server's tree (heads joined with
-   versions, read from the database), and each client's state agrees (its
-   synced and remote trees are the server's heads);
+1. I1: every replica's tree (kinds, content, executable bit) equals the
+   server's (heads joined with versions, read from the database), and each
+   client's state agrees (its synced and remote trees are the server's heads);
 2. I2: every content in ``must_keep`` is at some path (possibly a conflicted
-   copy) or in the server's version history;
-3. I3: no file on a replica, and no version on the server, has content that
-   no device wrote;
-4. I4: the server's tree is well-formed (each path's parent is a folder,
-   one path per file id), no staged download is left behind.
+   copy) or in the server's version history; and if no device ever deleted
+   or overwrote it, it is at a path, not only in history;
+3. I3: no file on a replica, and no version in the server's history, has
+   content that no device wrote (truncation never empties a file, so an empty
+   file anywhere would be torn content);
+4. I4: the server's tree is well-formed (every head's version is live and at
+   that path, each parent is a folder, one path per file id), and no staged
+   download is left behind.
 
 CI runs :data:`SEEDS`. ``FERRY_FUZZ_SEEDS=N`` adds N random seeds (printed and
 in the test ids), ``FERRY_FUZZ_SEED=a,b`` adds given ones (to replay a
 failure), ``FERRY_FUZZ_STEPS`` changes the number of steps. A failure prints
-the seed and the whole operation log (also written to ``oplog.txt`` in the
-test's tmp dir). Kill timing is real time, so a replay follows the same path
-only as far as the first kill lands the same way.
+the seed and the whole operation log, each sync's actions cycle by cycle
+and the engine's warnings included (also written to ``oplog.txt`` in the
+test's tmp dir). The engine's clock (conflicted-copy names) follows the step
+number, so a seed replays the same way up to the first step where real time
+matters (a kill, a race).
 """
 
 from __future__ import annotations
@@ -72,7 +88,10 @@ from protocol.hashing import content_hash
 from protocol.paths import parent_of
 from tests.support.servers import Device, FerryServer
 
-SEEDS = [11, 23, 37, 5150]
+# each of these once caught a client bug this test was written with (a Record or a DeleteLocal
+# dropping state it should keep, a MoveLocal recording the server's newer content as synced;
+# 23: an upload committing a file emptied by a rewrite that began after the scan)
+SEEDS = [2, 3, 9, 12, 23]
 STEPS = int(os.environ.get("FERRY_FUZZ_STEPS", "160"))
 CLIENTS = 3
 FINAL_ROUNDS = 8  # round-robin syncs at the end before "did not converge" (I1, I7)
@@ -217,7 +236,8 @@ class Sim:
                 cut = self.rng.randrange(len(rest) + 1)
                 f.write(rest[:cut])
                 f.flush()
-                time.sleep(self.rng.uniform(0, 0.03))  # the writer's pause (deliberate)
+                # the writer's pause, shorter than the settle time: longer pauses cannot be told from a finished save
+                time.sleep(self.rng.uniform(0, 0.05))  # (deliberate)
                 rest = rest[cut:]
             f.write(rest)
             f.flush()
@@ -258,7 +278,7 @@ class Sim:
     def operate(self, c: FuzzClient) -> None:
         ops: list[tuple[str, int]] = [("create", 20), ("edit", 14), ("save", 6), ("append", 9),
                                       ("truncate", 4), ("delete", 8), ("rename", 8), ("move", 8),
-                                      ("mkdir", 7), ("rmdir", 3), ("chmod", 2)]  # fmt: skip
+                                      ("mkdir", 7), ("rmdir", 3), ("chmod", 2), ("replace", 3)]  # fmt: skip
         names, weights = zip(*ops, strict=True)
         for _ in range(10):  # an operation that does not apply here: draw another
             op = self.rng.choices(names, weights)[0]
@@ -417,6 +437,27 @@ class Sim:
         shutil.rmtree(self.disk(c, path))
         return path
 
+    def op_replace(self, c: FuzzClient) -> str | None:
+        """A file becomes a folder of the same name (with a file in it), or a folder a file."""
+        files, dirs = self.listing(c)
+        path = self._pick_hot(files + [d for d in dirs if self._depth(d) < MAX_DEPTH])
+        if path is None:
+            return None
+        disk = self.disk(c, path)
+        self.destroy(disk)
+        if disk.is_dir():
+            shutil.rmtree(disk)
+            data = self.content(c, "replace")
+            self.put(c, disk, lambda _old: data)
+            return f"{path}: folder -> file ({len(data)} B)"
+        disk.unlink()
+        disk.mkdir()
+        inside = f"{path}/{self.rng.choice(FILE_NAMES)}"
+        data = self.content(c, "replace")
+        self.touch(inside)
+        self.put(c, self.disk(c, inside), lambda _old: data)
+        return f"{path}: file -> folder, with {inside} ({len(data)} B)"
+
     # --- syncing ---------------------------------------------------------------------------
 
     def saved(self, c: FuzzClient) -> dict[bytes, str]:
@@ -489,40 +530,48 @@ class Sim:
         seen = {c.name: self.saved(c) for c in racers}
         since = len(self.destroyed_log)
         procs = {c.name: c.device.popen("sync", str(c.folder), "--once") for c in racers}
-        names = ", ".join(c.name for c in racers)
-        self.note(f"sync --once processes start: {names}" + (f"; {kill.name} to be killed" if kill else ""))
-        started = time.monotonic()
-        kill_at = self.rng.uniform(0.05, 1.0)
-        moments = sorted(self.rng.uniform(0, 1.0) for _ in range(edits))
-        self.concurrent = True
         try:
-            for moment in moments:  # the user edits while the syncs run
-                time.sleep(max(0.0, moment - (time.monotonic() - started)))  # deliberate timing
-                self.operate(self.rng.choice(racers))
-        finally:
-            self.concurrent = False
-        if kill is not None:
-            proc = procs[kill.name]
+            names = ", ".join(c.name for c in racers)
+            self.note(
+                f"sync --once processes start: {names}" + (f"; {kill.name} to be killed" if kill else "")
+            )
+            started = time.monotonic()
+            kill_at = self.rng.uniform(0.05, 1.0)
+            moments = sorted(self.rng.uniform(0, 1.0) for _ in range(edits))
+            self.concurrent = True
             try:
-                proc.wait(max(0.0, kill_at - (time.monotonic() - started)))  # the deliberate kill delay
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-        for c in racers:
-            proc = procs[c.name]
-            _, err = proc.communicate(timeout=120)
-            if proc.returncode == 0:
-                self.finished(seen[c.name], since)
-                self.note(f"{c.name} sync --once (process) finished (rc 0)")
-                self.count("process sync finished")
-            else:
-                killed = proc.returncode == -signal.SIGKILL
-                tail = err.strip().splitlines()[-1:] if not killed else []
-                self.note(f"{c.name} sync --once (process) " + (f"killed after {kill_at:.2f} s" if killed else
-                          f"failed (rc {proc.returncode})") + (f": {tail[0]}" if tail else ""))  # fmt: skip
-                self.count("process sync killed" if killed else "process sync failed")
-                assert killed or not self.server_up, self.fail(
-                    f"{c.name}: `ferry sync --once` failed with the server up: {err}"
-                )
+                for moment in moments:  # the user edits while the syncs run
+                    time.sleep(max(0.0, moment - (time.monotonic() - started)))  # deliberate timing
+                    self.operate(self.rng.choice(racers))
+            finally:
+                self.concurrent = False
+            if kill is not None:
+                proc = procs[kill.name]
+                try:
+                    proc.wait(max(0.0, kill_at - (time.monotonic() - started)))  # the deliberate kill delay
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+            for c in racers:
+                proc = procs[c.name]
+                _, err = proc.communicate(timeout=120)
+                if proc.returncode == 0:
+                    self.finished(seen[c.name], since)
+                    self.note(f"{c.name} sync --once (process) finished (rc 0)")
+                    self.count("process sync finished")
+                else:
+                    killed = proc.returncode == -signal.SIGKILL
+                    tail = err.strip().splitlines()[-1:] if not killed else []
+                    self.note(f"{c.name} sync --once (process) " + (f"killed after {kill_at:.2f} s" if killed else
+                              f"failed (rc {proc.returncode})") + (f": {tail[0]}" if tail else ""))  # fmt: skip
+                    self.count("process sync killed" if killed else "process sync failed")
+                    assert killed or not self.server_up, self.fail(
+                        f"{c.name}: `ferry sync --once` failed with the server up: {err}"
+                    )
+        finally:  # (on a failure, no process is left behind)
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
 
     def bounced_sync(self, c: FuzzClient) -> None:
         """The server restarts while `ferry sync --once` runs; the client reconnects (retry 5 s)."""

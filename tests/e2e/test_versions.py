@@ -346,6 +346,41 @@ def test_synced_device_applies_a_rewind(make_server: Callable[..., FerryServer],
     assert (folder / "docs" / "old.txt").read_bytes() == b"old"
 
 
+
+def test_device_away_while_history_was_pruned_catches_up(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> None:
+    """Retention deletes the journal entries of pruned versions. A device whose cursor
+    is older than them must still learn every edit, move and deletion since: each pruned
+    entry has a later one for the same file (its replacement, move or tombstone)."""
+    server = make_server("file")
+    server.admin("user", "add", "u", "--password-stdin", stdin="pw\n")
+    editor = Device(tmp_path / "editor", server).login("u", "pw", device="editor")
+    desk = Device(tmp_path / "desk", server).login("u", "pw", device="desk")
+    folder = tmp_path / "Ferry"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        put(editor, tmp_path, f"/docs/{name}.txt", f"{name}1".encode())
+    desk.run("sync", str(folder), "--once", timeout=300, check=True)
+    put(editor, tmp_path, "/docs/a.txt", b"a2")
+    put(editor, tmp_path, "/docs/a.txt", b"a3")
+    editor.run("mv", "/docs/b.txt", "/docs/moved.txt", check=True)
+    editor.run("rm", "/docs/c.txt", check=True)
+    put(editor, tmp_path, "/docs/brief.txt", b"here and gone")  # created and deleted while desk was away
+    editor.run("rm", "/docs/brief.txt", check=True)
+    age_everything(server.database_url, 200)
+    assert gc(server)["versions_pruned"] >= 5  # a1, a2, b1 at its old path, c1, brief
+    desk.run("sync", str(folder), "--once", timeout=300, check=True)
+    files = {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and ".ferry-" not in p.as_posix()
+    }
+    assert files == {"docs/a.txt": b"a3", "docs/moved.txt": b"b1"}
+    assert sorted(e["path"] for e in entries(editor)) == ["/docs", "/docs/a.txt", "/docs/moved.txt"]
+    check_consistent(server.database_url)
+
+
 # --- bad input --------------------------------------------------------------------------------------
 
 

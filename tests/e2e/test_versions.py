@@ -346,7 +346,6 @@ def test_synced_device_applies_a_rewind(make_server: Callable[..., FerryServer],
     assert (folder / "docs" / "old.txt").read_bytes() == b"old"
 
 
-
 def test_device_away_while_history_was_pruned_catches_up(
     make_server: Callable[..., FerryServer], tmp_path: Path
 ) -> None:

@@ -30,11 +30,12 @@ from typing import Any
 
 import orjson
 
+from client import durable
 from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, scan
 from client.state import Observed, State
-from client.transfer import Remote, commit_blocks, fetch, place, send_file
+from client.transfer import STAGING_PREFIX, UMASK, Remote, commit_blocks, fetch, place, send_file
 from client.transport import ConnectionLost, backoff_delays
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
@@ -159,9 +160,11 @@ class Engine:
                     async with slots:
                         await self._attempt(action)
 
-                singles, batches = self._batch_small_uploads(actions[i:j])
+                singles, batches = self._batch_small(actions[i:j])
 
-                async def bounded_batch(batch: list[p.Upload], slots: asyncio.Semaphore = slots) -> None:
+                async def bounded_batch(
+                    batch: list[p.Upload] | list[p.Download], slots: asyncio.Semaphore = slots
+                ) -> None:
                     async with slots:
                         await self._attempt_batch(batch)
 
@@ -179,31 +182,50 @@ class Engine:
                 i += 1
         return actions
 
-    def _batch_small_uploads(self, actions: list[p.Action]) -> tuple[list[p.Action], list[list[p.Upload]]]:
-        """Small files go up in batches: one block query and one commit per batch."""
+    def _batch_small(
+        self, actions: list[p.Action]
+    ) -> tuple[list[p.Action], list[list[p.Upload] | list[p.Download]]]:
+        """Small files go up, and come down, in batches: one block query and one
+        commit per batch up; one flush to disk per batch down."""
         singles: list[p.Action] = []
-        batches: list[list[p.Upload]] = [[]]
-        size = 0
+        ups: list[list[p.Upload]] = [[]]
+        downs: list[list[p.Download]] = [[]]
+        up_bytes = down_bytes = 0
         for action in actions:
-            obs = self._scan.observed.get(action.path) if isinstance(action, p.Upload) else None
-            if not isinstance(action, p.Upload) or obs is None or obs.size > SMALL_FILE:
-                singles.append(action)
-                continue
-            if len(batches[-1]) >= BATCH_FILES or size + obs.size > BATCH_BYTES:
-                batches.append([])
-                size = 0
-            batches[-1].append(action)
-            size += obs.size
-        return singles, [b for b in batches if b]
+            if isinstance(action, p.Upload):
+                obs = self._scan.observed.get(action.path)
+                if obs is not None and obs.size <= SMALL_FILE:
+                    if len(ups[-1]) >= BATCH_FILES or up_bytes + obs.size > BATCH_BYTES:
+                        ups.append([])
+                        up_bytes = 0
+                    ups[-1].append(action)
+                    up_bytes += obs.size
+                    continue
+            elif isinstance(action, p.Download):
+                entry = self.state.remote_entry(action.path)
+                if entry is not None and entry.kind == "file" and entry.size <= SMALL_FILE:
+                    if len(downs[-1]) >= BATCH_FILES or down_bytes + entry.size > BATCH_BYTES:
+                        downs.append([])
+                        down_bytes = 0
+                    downs[-1].append(action)
+                    down_bytes += entry.size
+                    continue
+            singles.append(action)
+        batches: list[list[p.Upload] | list[p.Download]] = [b for b in ups if b]
+        batches += [b for b in downs if b]
+        return singles, batches
 
-    async def _attempt_batch(self, batch: list[p.Upload]) -> None:
+    async def _attempt_batch(self, batch: list[p.Upload] | list[p.Download]) -> None:
         try:
-            await self._upload_batch(batch)
+            if isinstance(batch[0], p.Upload):
+                await self._upload_batch(batch)
+            else:
+                await self._download_batch(batch)
         except ConnectionLost:
             raise
         except (ProtocolError, OSError) as e:
             message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
-            log.warning("upload of %d files: %s", len(batch), message)
+            log.warning("%s of %d files: %s", type(batch[0]).__name__.lower(), len(batch), message)
             self.status["last_error"] = message
         self.status["pending"] -= len(batch)
 
@@ -257,6 +279,74 @@ class Engine:
             digest = content_hash(h for h, _ in blocks)
             self.state.record(action.path, result.entry, Observed(st_.st_size, st_.st_mtime_ns, st_.st_ino, digest,
                                                                  bool(st_.st_mode & st.S_IXUSR)))  # fmt: skip
+
+    async def _download_batch(self, batch: list[p.Download]) -> None:
+        """Small downloads as a group: fetch every block, write each file into the
+        staging folder, make them all durable with one flush, rename each into
+        place if the local file is still the one the scan saw, flush the renames,
+        and only then record them (the state is never ahead of the disk)."""
+        todo: list[tuple[str, m.Entry]] = []
+        same: list[tuple[str, m.Entry, Observed | None]] = []
+        for action in batch:
+            entry = self.state.remote_entry(action.path)
+            if entry is None or entry.kind != "file" or entry.blocks is None:
+                continue
+            seen = self._scan.observed.get(action.path)
+            if seen and seen.content_hash == entry.content_hash and seen.executable == entry.executable:
+                same.append((action.path, entry, seen))  # same bytes already here: no transfer
+            else:
+                todo.append((action.path, entry))
+        if same:
+            self.state.record_many(same)
+        if not todo:
+            return
+        for path, entry in todo:
+            if content_hash(b.hash for b in entry.blocks or []) != entry.content_hash:
+                raise ProtocolError(
+                    ErrorCode.BAD_ENTRY, f"{path}: the server's block list does not match its hash"
+                )
+        wanted = list(dict.fromkeys(b.hash for _, e in todo for b in e.blocks or []))
+        got: dict[bytes, bytes] = {}
+
+        async def fetch_all(conn: Any) -> None:
+            async def one(h: bytes) -> None:
+                data = bytes(await conn.get_block(h))
+                if hashlib.sha256(data).digest() != h:
+                    raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
+                got[h] = data
+
+            await asyncio.gather(*(one(h) for h in wanted if h not in got))
+
+        await self.remote.run(fetch_all)
+        staging = self.root / STAGING
+        staged = await asyncio.to_thread(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
+                                                                 for _, e in todo])  # fmt: skip
+        got.clear()
+        placed: list[tuple[str, m.Entry, Path]] = []
+        try:
+            for (path, entry), tmp in zip(todo, staged, strict=True):
+                if not self._unchanged(path):
+                    # edited (or created) locally meanwhile: leave it; the next cycle sees both edits
+                    log.info("%s changed locally during download; re-planning", path)
+                    continue
+                dest = self.disk(path)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+                placed.append((path, entry, dest))
+        finally:
+            for tmp in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        if not placed:
+            return
+        await asyncio.to_thread(_flush_names, self.root, {dest.parent for _, _, dest in placed})
+        records = []
+        for path, entry, dest in placed:
+            now = os.stat(dest)
+            assert entry.content_hash is not None
+            records.append((path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
+                                                  entry.executable)))  # fmt: skip
+        self.state.record_many(records)
 
     async def _attempt(self, action: p.Action) -> None:
         """Run one action; a failure is reported and left to the next cycle."""
@@ -558,3 +648,40 @@ async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_delet
         await engine.run_forever()
     finally:
         engine.state.close()
+
+
+def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:
+    """Write each file's bytes to a new temp file in ``staging`` (mode and mtime
+    set), durable when this returns."""
+    staging.mkdir(exist_ok=True)
+    out: list[Path] = []
+    try:
+        for entry, data in files:
+            tmp = staging / f"{STAGING_PREFIX}{uuid.uuid4().hex[:16]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            out.append(tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
+                if not durable.GROUPED:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if entry.mtime_ns:
+                os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        durable.flush(staging)
+    except BaseException:
+        for tmp in out:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    return out
+
+
+def _flush_names(root: Path, folders: set[Path]) -> None:
+    """Make renames into these folders durable."""
+    if not durable.flush(root):
+        for folder in folders:
+            durable.fsync_dir(folder)

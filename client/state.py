@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,18 +135,26 @@ class State:
 
     def record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
         """``path`` is in sync at ``entry`` (and, for a file, on disk as ``observed``)."""
+        self.record_many([(path, entry, observed)])
+
+    def record_many(self, items: Sequence[tuple[str, m.Entry, Observed | None]]) -> None:
+        """``record`` for many paths, in one transaction."""
         with self._tx():
-            self.db.execute(
-                "INSERT OR REPLACE INTO synced (path, kind, content_hash, executable, version, file_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (path, entry.kind, entry.content_hash, int(entry.executable), entry.version, entry.file_id),
-            )
-            self.db.execute(
-                "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
-                (path, entry.file_id, orjson.dumps(to_wire(entry))),
-            )
-            if observed is not None:
-                self._observe(path, observed)
+            for path, entry, observed in items:
+                self._record(path, entry, observed)
+
+    def _record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO synced (path, kind, content_hash, executable, version, file_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (path, entry.kind, entry.content_hash, int(entry.executable), entry.version, entry.file_id),
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
+            (path, entry.file_id, orjson.dumps(to_wire(entry))),
+        )
+        if observed is not None:
+            self._observe(path, observed)
 
     def forget(self, path: str, *, remote: bool = True) -> None:
         """``path`` and everything below it are gone on both sides (``remote=False``:

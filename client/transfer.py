@@ -288,7 +288,7 @@ async def fetch(remote: Remote, entry: m.Entry, folder: Path, progress: Progress
 
 def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:
     try:
-        os.fchmod(fd, mode & ~_UMASK)
+        os.fchmod(fd, mode & ~UMASK)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -319,7 +319,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+UMASK = _read_umask()
 
 
 def itertools_accumulate(sizes: list[int]) -> Iterator[int]:

@@ -64,11 +64,20 @@ def to_wire(value: Any) -> Any:
         return value.hex()
     if isinstance(value, m.BlockRef):
         return [value.hash.hex(), value.size]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    names = _field_names(type(value))  # type: ignore[arg-type]  # (every type is hashable)
+    if names is not None:
+        return {name: to_wire(getattr(value, name)) for name in names}
     if isinstance(value, list):
         return [to_wire(v) for v in value]
     return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's field names (None: not a dataclass), looked up once per class."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def encode(msg: m.Message) -> str:
@@ -77,76 +86,126 @@ def encode(msg: m.Message) -> str:
     return orjson.dumps(body).decode()
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _bad(where: str, want: str, got: Any) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, f"field {where!r}: expected {want}, got {type(got).__name__}")
 
 
+Decoder = typing.Callable[[Any, str], Any]
+
+
 def from_wire(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as a ``tp``, every field's type checked;
+    ``where`` names it in error messages."""
+    return _decoder(tp)(value, where)
+
+
+@functools.cache
+def _decoder(tp: Any) -> Decoder:
+    """A decoding function for ``tp``, built once per type (decoding is on
+    every hot path: each entry of a listing or a change feed passes here)."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return from_wire(inner[0], value, where)
+        optional = type(None) in args
+        inner = _decoder(next(a for a in args if a is not type(None)))
+
+        def union(value: Any, where: str) -> Any:
+            return None if value is None and optional else inner(value, where)
+
+        return union
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"field {where!r}: {value!r} is not one of {typing.get_args(tp)}"
-            )
-        return value
+        allowed = typing.get_args(tp)
+
+        def literal(value: Any, where: str) -> Any:
+            if value not in allowed:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"field {where!r}: {value!r} is not one of {allowed}"
+                )
+            return value
+
+        return literal
     if origin is list:
-        if not isinstance(value, list):
-            raise _bad(where, "a list", value)
-        (item,) = typing.get_args(tp)
-        return [from_wire(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        (item_tp,) = typing.get_args(tp)
+        item = _decoder(item_tp)
+
+        def list_of(value: Any, where: str) -> Any:
+            if not isinstance(value, list):
+                raise _bad(where, "a list", value)
+            return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+        return list_of
     if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(where, "an object", value)
-        return value
+
+        def dict_of(value: Any, where: str) -> Any:
+            if not isinstance(value, dict):
+                raise _bad(where, "an object", value)
+            return value
+
+        return dict_of
     if tp is bytes:
-        try:
-            return parse_hash(value)
-        except ValueError:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {where!r}: not a SHA-256 hex digest") from None
+        return _hash
     if tp is m.BlockRef:
-        if not (isinstance(value, list) and len(value) == 2):
-            raise _bad(where, "[hash, size]", value)
-        return m.BlockRef(from_wire(bytes, value[0], where), from_wire(int, value[1], where))
+        return _block_ref
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _bad(where, "an object", value)
-        return _build(tp, value, where + ".")
-    if tp is int:
-        if type(value) is not int:
-            raise _bad(where, "an integer", value)
-        return value
-    if tp is bool:
-        if type(value) is not bool:
-            raise _bad(where, "true or false", value)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise _bad(where, "a string", value)
-        return value
+
+        def nested(value: Any, where: str) -> Any:
+            if not isinstance(value, dict):
+                raise _bad(where, "an object", value)
+            return _build(tp, value, where + ".")
+
+        return nested
+    if tp in _SCALARS:
+        want, exact = _SCALARS[tp]
+
+        def scalar(value: Any, where: str) -> Any:
+            if (type(value) is not tp) if exact else not isinstance(value, tp):
+                raise _bad(where, want, value)
+            return value
+
+        return scalar
     if tp is Any:
-        return value
+        return lambda value, where: value
     raise TypeError(f"no wire form for {tp!r}")  # a bug in messages.py, not bad input
+
+
+_SCALARS: dict[Any, tuple[str, bool]] = {int: ("an integer", True), bool: ("true or false", True),
+                                         str: ("a string", False)}  # fmt: skip
+
+
+def _hash(value: Any, where: str) -> bytes:
+    try:
+        return parse_hash(value)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {where!r}: not a SHA-256 hex digest") from None
+
+
+def _block_ref(value: Any, where: str) -> m.BlockRef:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise _bad(where, "[hash, size]", value)
+    size = value[1]
+    if type(size) is not int:
+        raise _bad(where, "an integer", size)
+    return m.BlockRef(_hash(value[0], where), size)
+
+
+@functools.cache
+def _fields(cls: Any) -> tuple[tuple[str, Decoder, bool], ...]:
+    """(name, decoder, required) for each field of a message dataclass."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, _decoder(hints[f.name]),
+         f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    )  # fmt: skip
 
 
 def _build(cls: Any, body: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = from_wire(hints[f.name], body[f.name], prefix + f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {prefix + f.name!r} is missing")
+    for name, decode_field, required in _fields(cls):
+        if name in body:
+            kwargs[name] = decode_field(body[name], prefix + name)
+        elif required:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {prefix + name!r} is missing")
     return cls(**kwargs)
 
 

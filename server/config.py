@@ -55,7 +55,7 @@ class Settings:
     s3_endpoint: str | None = None
     cache_bytes: int = 32 * 1024 * 1024
     max_block: int = MAX_BLOCK
-    max_in_flight: int = 16
+    max_in_flight: int = 1024  # requests per connection (and IN_FLIGHT_BYTES of them: server.ws)
     handshake_timeout: float = 10.0
     idle_timeout: float = 90.0
     log_level: str = "info"

@@ -27,6 +27,7 @@ from protocol.hashing import HASH_BYTES, content_hash
 from protocol.messages import BatchResult, BlockRef, Entry, Failure, FileCommit, NamespaceInfo
 from protocol.paths import ancestors, is_within, parent_of
 from server import auth
+from server.coalesce import Coalescer
 
 NOTIFY_CHANNEL = "ferry_changes"
 MAX_BATCH = 1000
@@ -87,6 +88,10 @@ def _conflict(path: str, current: Entry | None, why: str) -> ProtocolError:
 class MetaStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # block bookkeeping for many small blocks in flight: one statement per burst
+        self._stored = Coalescer(self._stored_many)
+        self._record = Coalescer(self._record_many)
+        self._readable = Coalescer(self._readable_many)
 
     # --- users and devices ---------------------------------------------------
 
@@ -297,10 +302,29 @@ class MetaStore:
         return [h for h in dict.fromkeys(hashes) if h not in have]
 
     async def can_read_block(self, who: Principal, h: bytes) -> bool:
-        return bool(await self.pool.fetchval(f"SELECT EXISTS ({self._READABLE})", who.user_id, [h]))
+        return await self._readable((who.user_id, h))
+
+    async def _readable_many(self, asks: list[tuple[int, bytes]]) -> list[bool]:
+        rows = await self.pool.fetch(
+            "SELECT a.i FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS a(user_id, hash, i)"
+            " WHERE EXISTS (SELECT 1 FROM uploads u WHERE u.user_id = a.user_id AND u.hash = a.hash)"
+            " OR EXISTS (SELECT 1 FROM namespace_blocks nb JOIN members m ON m.namespace_id = nb.namespace_id"
+            " WHERE m.user_id = a.user_id AND nb.hash = a.hash)",
+            [u for u, _ in asks],
+            [h for _, h in asks],
+        )
+        yes = {r["i"] for r in rows}
+        return [i in yes for i in range(1, len(asks) + 1)]
 
     async def block_stored(self, h: bytes) -> bool:
-        return bool(await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM blocks WHERE hash = $1)", h))
+        return await self._stored(h)
+
+    async def _stored_many(self, hashes: list[bytes]) -> list[bool]:
+        rows = await self.pool.fetch(
+            "SELECT hash FROM blocks WHERE hash = ANY($1::bytea[])", list(set(hashes))
+        )
+        have = {bytes(r["hash"]) for r in rows}
+        return [h in have for h in hashes]
 
     async def claim_stored_block(self, who: Principal, h: bytes) -> bool:
         """Record that ``who`` uploaded a block that is already stored, holding
@@ -318,14 +342,23 @@ class MetaStore:
         )
 
     async def record_upload(self, who: Principal, h: bytes, size: int) -> None:
+        """The block is stored (durably): its row, and this user's upload of it."""
+        await self._record((who.user_id, h, size))
+
+    async def _record_many(self, uploads: list[tuple[int, bytes, int]]) -> list[None]:
+        blocks = {h: size for _, h, size in uploads}
+        pairs = sorted({(user, h) for user, h, _ in uploads})  # a row once per statement, in one order
         await self.pool.execute(
-            "WITH b AS (INSERT INTO blocks (hash, size) VALUES ($2, $3) ON CONFLICT DO NOTHING)"
-            " INSERT INTO uploads (user_id, hash) VALUES ($1, $2)"
+            "WITH b AS (INSERT INTO blocks (hash, size) SELECT * FROM unnest($3::bytea[], $4::integer[])"
+            " ORDER BY 1 ON CONFLICT DO NOTHING)"
+            " INSERT INTO uploads (user_id, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])"
             " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now()",
-            who.user_id,
-            h,
-            size,
+            [u for u, _ in pairs],
+            [h for _, h in pairs],
+            list(blocks),
+            list(blocks.values()),
         )
+        return [None] * len(uploads)
 
     # --- changes -----------------------------------------------------------------
 
@@ -352,6 +385,56 @@ class MetaStore:
         if len(files) > MAX_BATCH:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"commit at most {MAX_BATCH} files per batch")
 
+        if len({f.path for f in files}) != len(files):
+            # a path twice in one batch: the later one is checked against the earlier's result
+            return await self._change(who, key, ns, self._batch_one_by_one(files), list[BatchResult])
+
+        async def change(tx: _Tx) -> list[BatchResult]:
+            """Every check first, against the heads and block rows read in two queries
+            (a failing file writes nothing, so needs no savepoint), then all the writes
+            in a few set-based statements."""
+            heads = await tx.heads_at({f.path for f in files} | {a for f in files for a in ancestors(f.path)})
+            sizes_of = await tx.block_sizes_of({h for f in files for h in f.blocks})
+            planned: dict[str, str] = {}  # path -> kind, written by an earlier file of this batch
+            writes: list[_NewVersion] = []
+            results: list[BatchResult | int] = []  # an int: the index of the file's write
+            for f in files:
+                try:
+                    head = heads.get(f.path)
+                    if planned.get(f.path) == "dir":
+                        raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{f.path} is a folder")
+                    checked = _check_file(f.path, f.parent, f.size, f.mtime_ns, f.executable, f.blocks, head,
+                                          sizes_of)  # fmt: skip
+                    if isinstance(checked, Entry):
+                        results.append(BatchResult(entry=checked))
+                        continue
+                    folders = []
+                    for folder in ancestors(f.path):
+                        kind = planned.get(folder) or (heads[folder].kind if folder in heads else None)
+                        if kind is None:
+                            folders.append(_NewVersion(None, folder, "dir"))
+                        elif kind != "dir":
+                            raise ProtocolError(
+                                ErrorCode.NOT_A_DIRECTORY, f"{folder} is a file, not a folder"
+                            )
+                except ProtocolError as e:
+                    results.append(BatchResult(failure=Failure(e.code.value, e.message, e.detail)))
+                    continue
+                for w in folders:
+                    planned[w.path] = "dir"
+                    writes.append(w)
+                planned[f.path] = "file"
+                results.append(len(writes))
+                digest, sizes = checked
+                writes.append(_NewVersion(head.file_id if head else None, f.path, "file", f.size, f.mtime_ns,
+                                          f.executable, digest, f.blocks, sizes))  # fmt: skip
+            entries = await tx.write_many(writes)
+            return [r if isinstance(r, BatchResult) else BatchResult(entry=entries[r]) for r in results]
+
+        return await self._change(who, key, ns, change, list[BatchResult])
+
+    @staticmethod
+    def _batch_one_by_one(files: Sequence[FileCommit]) -> Callable[[_Tx], Awaitable[list[BatchResult]]]:
         async def change(tx: _Tx) -> list[BatchResult]:
             results = []
             for f in files:
@@ -367,7 +450,7 @@ class MetaStore:
                     results.append(BatchResult(failure=Failure(e.code.value, e.message, e.detail)))
             return results
 
-        return await self._change(who, key, ns, change, list[BatchResult])
+        return change
 
     async def mkdir(self, who: Principal, key: str, ns: int | None, path: str) -> tuple[int, Entry]:
         if path == "/":
@@ -488,26 +571,11 @@ def _file_change(
 
     async def change(tx: _Tx) -> Entry:
         head = await tx.head(path)
-        if head is not None and head.kind == "dir":
-            raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{path} is a folder")
-        if (head.version if head else None) != parent:
-            why = "changed on the server since your version" if head else "no longer exists on the server"
-            if parent is None:
-                why = "already exists on the server"
-            raise _conflict(path, head, why)
-        sizes = await tx.block_sizes(blocks)
-        if sum(sizes) != size:
-            raise ProtocolError(
-                ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
-            )
-        digest = content_hash(blocks)
-        if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
-            digest,
-            size,
-            mtime_ns,
-            executable,
-        ):
-            return head  # nothing changed: no new version
+        checked = _check_file(path, parent, size, mtime_ns, executable, blocks, head,
+                              await tx.block_sizes_of(set(blocks)))  # fmt: skip
+        if isinstance(checked, Entry):
+            return checked
+        digest, sizes = checked
         await tx.ensure_folders(path)
         return await tx.write(
             file_id=head.file_id if head else None,
@@ -522,6 +590,69 @@ def _file_change(
         )
 
     return change
+
+
+def _check_file(
+    path: str,
+    parent: int | None,
+    size: int,
+    mtime_ns: int,
+    executable: bool,
+    blocks: Sequence[bytes],
+    head: Entry | None,
+    sizes_of: dict[bytes, int],
+) -> Entry | tuple[bytes, list[int]]:
+    """May ``path`` become this file, given its head and the sizes of the
+    stored blocks? The head itself when nothing would change, else the new
+    content hash and block sizes; a ``ProtocolError`` when it may not."""
+    if path == "/":
+        raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be written as a file")
+    if size < 0:
+        raise ProtocolError(ErrorCode.BAD_ENTRY, "size cannot be negative")
+    if head is not None and head.kind == "dir":
+        raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{path} is a folder")
+    if (head.version if head else None) != parent:
+        why = "changed on the server since your version" if head else "no longer exists on the server"
+        if parent is None:
+            why = "already exists on the server"
+        raise _conflict(path, head, why)
+    missing = [h for h in dict.fromkeys(blocks) if h not in sizes_of]
+    if missing:
+        raise ProtocolError(
+            ErrorCode.MISSING_BLOCKS,
+            f"{len(missing)} block(s) must be uploaded before this commit",
+            {"missing": [h.hex() for h in missing]},
+        )
+    sizes = [sizes_of[h] for h in blocks]
+    if sum(sizes) != size:
+        raise ProtocolError(
+            ErrorCode.BAD_ENTRY, f"{path}: size {size} does not match its blocks ({sum(sizes)} bytes)"
+        )
+    digest = content_hash(blocks)
+    if head is not None and (head.content_hash, head.size, head.mtime_ns, head.executable) == (
+        digest,
+        size,
+        mtime_ns,
+        executable,
+    ):
+        return head  # nothing changed: no new version
+    return digest, sizes
+
+
+@dataclass(frozen=True, slots=True)
+class _NewVersion:
+    """A version ``_Tx.write_many`` writes: a new file (``file_id`` None) or a
+    new version of the file at that path, never a move or a deletion."""
+
+    file_id: int | None
+    path: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    executable: bool = False
+    content_hash: bytes | None = None
+    blocks: Sequence[bytes] = ()
+    sizes: Sequence[int] = ()
 
 
 _DUMMY_HASH = auth.hash_password("not a real password")
@@ -578,25 +709,29 @@ class _Tx:
             elif head.kind != "dir":
                 raise ProtocolError(ErrorCode.NOT_A_DIRECTORY, f"{folder} is a file, not a folder")
 
-    async def block_sizes(self, blocks: Sequence[bytes]) -> list[int]:
+    async def heads_at(self, paths: set[str]) -> dict[str, Entry]:
+        """The live entries at these paths (one query)."""
+        rows = await self.conn.fetch(
+            f"SELECT {_VERSION_COLS} FROM heads h JOIN {_VERSION_FROM}"
+            " ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+            " WHERE h.namespace_id = $1 AND h.path = ANY($2::text[])",
+            self.ns,
+            list(paths),
+        )
+        return {r["path"]: _entry(r, with_blocks=True) for r in rows}
+
+    async def block_sizes_of(self, blocks: set[bytes]) -> dict[bytes, int]:
+        """Sizes of the stored blocks among ``blocks`` that this user may name."""
         if not blocks:
-            return []
+            return {}
         # FOR KEY SHARE: GC locks a block's row before deleting it, so a block
         # this commit names is either still there at commit or reported missing
         rows = await self.conn.fetch(
             f"SELECT b.hash, b.size FROM blocks b WHERE b.hash IN ({MetaStore._READABLE}) FOR KEY SHARE OF b",
             self.who.user_id,
-            list(set(blocks)),
+            list(blocks),
         )
-        sizes = {bytes(r["hash"]): r["size"] for r in rows}
-        missing = [h for h in dict.fromkeys(blocks) if h not in sizes]
-        if missing:
-            raise ProtocolError(
-                ErrorCode.MISSING_BLOCKS,
-                f"{len(missing)} block(s) must be uploaded before this commit",
-                {"missing": [h.hex() for h in missing]},
-            )
-        return [sizes[h] for h in blocks]
+        return {bytes(r["hash"]): r["size"] for r in rows}
 
     async def write_from(self, old: Entry, *, path: str, deleted: bool = False) -> Entry:
         blocks = [b.hash for b in old.blocks or []]
@@ -684,6 +819,78 @@ class _Tx:
             device=self.who.device,
             committed_ns=_ns(row["created_at"]) if row["created_at"] else time.time_ns(),
         )
+
+    async def write_many(self, new: Sequence[_NewVersion]) -> list[Entry]:
+        """``write`` for many versions, in order, in a few statements whatever the
+        count. Each file id at most once (no path written twice)."""
+        if not new:
+            return []
+        conn, ns = self.conn, self.ns
+        ids = sorted(
+            r[0] for r in await conn.fetch("SELECT nextval('ids') FROM generate_series(1, $1)", len(new))
+        )
+        seqs = list(range(self.seq + 1, self.seq + len(new) + 1))
+        self.seq += len(new)
+        files = [w.file_id if w.file_id is not None else vid for w, vid in zip(new, ids, strict=True)]
+        await conn.executemany(
+            "INSERT INTO versions (namespace_id, version_id, file_id, path, kind, size, mtime_ns, executable,"
+            " content_hash, block_hashes, block_sizes, device_id, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            [(ns, vid, fid, w.path, w.kind, w.size, w.mtime_ns, w.executable, w.content_hash, b"".join(w.blocks),
+              list(w.sizes), self.who.device_id, self.now) for w, vid, fid in zip(new, ids, files, strict=True)],
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO journal (namespace_id, seq, version_id, committed_at)"
+            " SELECT $1::bigint, x.seq, x.version_id, $4 FROM unnest($2::bigint[], $3::bigint[]) AS x(seq, version_id)",
+            ns, seqs, ids, self.now,
+        )  # fmt: skip
+        replaced = [(fid, seq) for w, fid, seq in zip(new, files, seqs, strict=True) if w.file_id is not None]
+        if replaced:
+            await conn.execute(
+                "UPDATE path_history ph SET to_seq = c.to_seq"
+                " FROM unnest($2::bigint[], $3::bigint[]) AS c(file_id, to_seq)"
+                " WHERE ph.namespace_id = $1 AND ph.file_id = c.file_id AND ph.to_seq IS NULL",
+                ns, [f for f, _ in replaced], [q for _, q in replaced],
+            )  # fmt: skip
+        paths = [w.path for w in new]
+        await conn.execute(
+            "INSERT INTO path_history (namespace_id, path, from_seq, file_id, version_id)"
+            " SELECT $1::bigint, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[])",
+            ns, paths, seqs, files, ids,
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO heads (namespace_id, path, parent, file_id, version_id, kind, seq)"
+            " SELECT $1::bigint, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],"
+            " $7::bigint[]) ON CONFLICT (namespace_id, path) DO UPDATE SET parent = EXCLUDED.parent,"
+            " file_id = EXCLUDED.file_id, version_id = EXCLUDED.version_id, kind = EXCLUDED.kind, seq = EXCLUDED.seq",
+            ns, paths, [parent_of(p) for p in paths], files, ids, [w.kind for w in new], seqs,
+        )  # fmt: skip
+        hashes = list({h for w in new for h in w.blocks})
+        if hashes:
+            await conn.execute(
+                "INSERT INTO namespace_blocks (namespace_id, hash) SELECT $1, unnest($2::bytea[])"
+                " ON CONFLICT DO NOTHING",
+                ns,
+                hashes,
+            )
+        committed = _ns(self.now)
+        return [
+            Entry(
+                path=w.path,
+                kind=w.kind,  # type: ignore[arg-type]
+                file_id=fid,
+                version=vid,
+                size=w.size,
+                mtime_ns=w.mtime_ns,
+                executable=w.executable,
+                content_hash=w.content_hash,
+                blocks=[BlockRef(h, n) for h, n in zip(w.blocks, w.sizes, strict=True)],
+                deleted=False,
+                device=self.who.device,
+                committed_ns=committed,
+            )
+            for w, vid, fid in zip(new, ids, files, strict=True)
+        ]
 
     async def finish(self) -> int:
         if self.seq != self.start_seq:

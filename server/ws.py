@@ -2,17 +2,21 @@
 
 A session authenticates the upgrade (bearer token; 401 before accepting),
 negotiates the version (``hello``/``welcome``), then reads frames and runs
-each request as its own task, at most ``max_in_flight`` at once: when that
-many are running the reader stops reading, so a flooding client is slowed by
-TCP back-pressure instead of growing queues. A bad request gets an error
+each request as its own task, at most ``max_in_flight`` at once and at most
+``IN_FLIGHT_BYTES`` of request frames: when either is reached the reader stops
+reading, so a flooding client is slowed by TCP back-pressure instead of growing
+queues (and a burst of a thousand small blocks still runs as one group).
+Block reads are bounded apart (``BLOCK_READS``), as their replies are large. A bad request gets an error
 frame for its id; the session and every other request carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -51,12 +55,51 @@ async def endpoint(websocket: WebSocket) -> None:
     await Session(websocket, services, who).run()
 
 
+IN_FLIGHT_BYTES = 32 * 1024 * 1024  # request frames being handled, per session
+BLOCK_READS = 16  # blocks read for replies and not yet sent, per session
+
+
+class _Bytes:
+    """A byte budget: ``acquire(n)`` waits (first come, first served) until n
+    more bytes fit; a request larger than the whole budget waits for it all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return n
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted just as we were cancelled
+            else:
+                self._waiters.remove((n, future))
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            size, future = self._waiters.popleft()
+            self.used += size
+            future.set_result(None)
+
+
 class Session:
     def __init__(self, ws: WebSocket, services: Services, who: Principal) -> None:
         self.ws, self.services, self.who = ws, services, who
         self.settings = services.settings
         self._send_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._bytes = _Bytes(IN_FLIGHT_BYTES)
+        self._reads = asyncio.Semaphore(BLOCK_READS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pushes: dict[int, int] = {}
         self._push_ready = asyncio.Event()
@@ -129,12 +172,14 @@ class Session:
         while True:
             frame = await self._receive(self.settings.idle_timeout)
             await self._slots.acquire()  # back-pressure: stop reading while full
+            held = await self._bytes.acquire(len(frame))
             task = asyncio.create_task(self._handle(frame))
             self._tasks.add(task)
-            task.add_done_callback(self._done)
+            task.add_done_callback(functools.partial(self._done, held=held))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], held: int) -> None:
         self._tasks.discard(task)
+        self._bytes.release(held)
         self._slots.release()
 
     async def _close(self, code: int, reason: str) -> None:
@@ -192,6 +237,10 @@ class Session:
             else:
                 msg = framing.decode(frame)
                 req_id = getattr(msg, "id", None)
+                if isinstance(msg, m.GetBlock):
+                    async with self._reads:  # a block read is held until it is sent
+                        await self._send(await self._dispatch(msg))
+                    return
                 reply = await self._dispatch(msg)
             await self._send(reply)
         except ProtocolError as e:

@@ -309,14 +309,14 @@ class TestBadFrames:
 
     async def test_many_requests_in_flight(self, srv: FerryServer) -> None:
         async with await session(srv, await new_user(srv, "alice")) as ws:
-            assert ws.welcome.max_in_flight < 100  # type: ignore[attr-defined]  # so back-pressure is exercised
-            pings = [nid() for _ in range(100)]
+            # more than may be in flight, so back-pressure is exercised
+            pings = [nid() for _ in range(ws.welcome.max_in_flight + 100)]  # type: ignore[attr-defined]
             bad = nid()
             for i, p in enumerate(pings):  # send everything before reading anything
                 await ws.send(framing.encode(m.Ping(p)))
                 if i == 30:
                     await ws.send(f'{{"type": "stat", "id": {bad}, "path": null}}')
-                if i == 60:
+                if i == len(pings) - 40:
                     await ws.send('{"type": "ping", "id": ')  # not even JSON: an error without an id
             replies: dict[int, Any] = {}
             while len(replies) < len(pings) + 2:
@@ -436,6 +436,65 @@ class TestCommit:
             assert paths == ["/batch", "/batch/a.txt", "/batch/d.txt", "/taken.txt"]
             assert (await stat(ws, "/taken.txt")).entry.version == v1.version
             err(await call(ws, m.Stat(902, "/batch/c.txt")), ErrorCode.NOT_FOUND)
+
+    async def test_batch_commit_follows_the_rules_of_single_commits(self, srv: FerryServer) -> None:
+        """A batch is checked as if its files were committed one by one, in order:
+        folders made on the way, a file under a file or at a folder refused, an
+        unchanged file keeps its version, an edit needs the current parent; the
+        journal, heads and versions agree afterwards."""
+        async with await session(srv, await new_user(srv, "alice")) as ws:
+            old = (await upload_and_commit(ws, "/keep/old.txt", b"old")).entry
+            same = (await upload_and_commit(ws, "/keep/same.txt", b"same")).entry
+            assert isinstance(await call(ws, m.Mkdir(nid(), key(), "/adir")), m.Committed)
+            blobs = [b"new one", b"edited!", b"x"]
+            for blob in blobs:
+                assert isinstance(await put_block(ws, blob), m.Ok)
+            never_sent = sha(b"never sent")
+            files = [
+                m.FileCommit("/deep/er/new.txt", None, 7, 5, [sha(blobs[0])]),  # makes /deep, /deep/er
+                m.FileCommit("/deep/er/also.txt", None, 1, 5, [sha(blobs[2])]),  # folders exist by now
+                m.FileCommit("/keep/old.txt", old.version, 7, 6, [sha(blobs[1])]),  # an edit
+                m.FileCommit(
+                    "/keep/same.txt",
+                    same.version,
+                    same.size,
+                    same.mtime_ns,
+                    [b.hash for b in same.blocks or []],
+                ),
+                m.FileCommit("/adir", None, 1, 5, [sha(blobs[2])]),  # a folder is there
+                m.FileCommit(
+                    "/deep/er/new.txt/under", None, 1, 5, [sha(blobs[2])]
+                ),  # under a file of this batch
+                m.FileCommit("/flat", None, 1, 5, [sha(blobs[2])]),
+                m.FileCommit("/flat/inside", None, 1, 5, [sha(blobs[2])]),  # under that file
+                m.FileCommit("/gap/missing.bin", None, 10, 5, [never_sent]),  # makes no folder either
+                m.FileCommit("/", None, 1, 5, [sha(blobs[2])]),
+            ]
+            reply = await call(ws, m.CommitBatch(nid(), key(), files))
+            assert isinstance(reply, m.CommittedBatch), reply
+            codes = [r.failure.code if r.failure else None for r in reply.results]
+            assert codes == [None, None, None, None, "is_a_directory", "not_a_directory", None,
+                             "not_a_directory", "missing_blocks", "bad_path"]  # fmt: skip
+            got = [r.entry for r in reply.results]
+            assert got[3] == same  # unchanged: the same version, no new one
+            assert got[2] is not None and got[2].file_id == old.file_id and got[2].version > old.version
+            assert got[0] is not None and got[1] is not None and got[0].version < got[1].version
+            changes = await all_changes(ws)
+            live = {e.path: e for e in changes if not e.deleted}
+            assert sorted(live) == ["/adir", "/deep", "/deep/er", "/deep/er/also.txt", "/deep/er/new.txt",
+                                    "/flat", "/keep", "/keep/old.txt", "/keep/same.txt"]  # fmt: skip
+            for entry in (got[0], got[1], got[2], got[6]):
+                assert entry is not None and live[entry.path] == entry  # what the reply said is what stands
+            assert live["/deep"].kind == live["/deep/er"].kind == "dir"
+            for path in live:
+                assert (await stat(ws, path)).entry == live[path]
+
+            # the same path twice in one batch: the second is checked against the first
+            twice = [m.FileCommit("/twice.txt", None, 1, 5, [sha(blobs[2])]),
+                     m.FileCommit("/twice.txt", None, 7, 5, [sha(blobs[0])])]  # fmt: skip
+            reply = await call(ws, m.CommitBatch(nid(), key(), twice))
+            assert [r.failure.code if r.failure else None for r in reply.results] == [None, "conflict"]
+            assert (await stat(ws, "/twice.txt")).entry.size == 1
 
     async def test_same_key_commits_once(self, srv: FerryServer) -> None:
         token = await new_user(srv, "alice")

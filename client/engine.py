@@ -35,7 +35,16 @@ from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, scan
 from client.state import Observed, State
-from client.transfer import STAGING_PREFIX, UMASK, Remote, commit_blocks, fetch, place, send_file
+from client.transfer import (
+    STAGING_PREFIX,
+    UMASK,
+    LocalCopy,
+    Remote,
+    commit_blocks,
+    fetch,
+    place,
+    send_file,
+)
 from client.transport import ConnectionLost, backoff_delays
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
@@ -474,7 +483,8 @@ class Engine:
             return
         dest = self.disk(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None)
+        local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
+        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
         try:
             if not self._unchanged(path):
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
@@ -488,6 +498,24 @@ class Engine:
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
+
+    async def _local_copy(self, path: str, entry: m.Entry) -> LocalCopy | None:
+        """The local file at ``path`` as a source of blocks for its new version,
+        if it is still the synced version (whose block list the server has)."""
+        seen, base = self._scan.observed.get(path), self.state.synced_node(path)
+        if seen is None or base is None or base.kind != "file" or base.content_hash != seen.content_hash:
+            return None
+        assert base.version is not None
+        try:
+            reply = await self.remote.run(
+                lambda conn: conn.call(lambda i: m.GetVersion(i, path, base.version), m.VersionReply)
+            )
+        except ProtocolError:
+            return None  # pruned, or the path now names another file: fetch it all
+        old = reply.info.entry
+        if old.content_hash != seen.content_hash or not old.blocks:
+            return None
+        return LocalCopy(self.disk(path), old.blocks)
 
     def _record_remote(self, path: str) -> None:
         entry = self.state.remote_entry(path)

@@ -133,6 +133,12 @@ class State:
             )
         }
 
+    def synced_node(self, path: str) -> Node | None:
+        row = self.db.execute(
+            "SELECT kind, content_hash, executable, version, file_id FROM synced WHERE path = ?", (path,)
+        ).fetchone()
+        return Node(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+
     def record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
         """``path`` is in sync at ``entry`` (and, for a file, on disk as ``observed``)."""
         self.record_many([(path, entry, observed)])

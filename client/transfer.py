@@ -140,6 +140,58 @@ async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progr
         it.close()
 
 
+@dataclass(frozen=True)
+class KnownBlocks:
+    """A file's blocks as a scan found them, for the file with this (size, mtime_ns, inode)."""
+
+    stat: tuple[int, int, int]
+    offsets: list[int]
+    sizes: list[int]
+    hashes: list[bytes]
+
+
+def _query(req_id: int, hashes: list[bytes]) -> m.QueryBlocks:
+    return m.QueryBlocks(req_id, hashes)
+
+
+def _read_block(fd: int, offset: int, size: int, expected: bytes, src: Path) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size or block_hash(data) != expected:
+        raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; it will be sent again")
+    return data
+
+
+async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progress) -> None:
+    """Ask which of the plan's blocks the server lacks, then read (by offset)
+    and send those, ``HELD`` at a time."""
+    missing: set[bytes] = set()
+    unique = list(dict.fromkeys(plan.hashes))
+    for i in range(0, len(unique), 1000):
+        part = unique[i : i + 1000]
+        reply = await conn.call(functools.partial(_query, hashes=part), m.BlocksMissing)
+        missing.update(reply.missing)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        slots = asyncio.Semaphore(HELD)
+        first: dict[bytes, tuple[int, int]] = {}
+        for offset, size, h in zip(plan.offsets, plan.sizes, plan.hashes, strict=True):
+            if h in missing:
+                first.setdefault(h, (offset, size))
+            else:
+                progress(size)
+
+        async def one(h: bytes, offset: int, size: int) -> None:
+            async with slots:
+                data = await asyncio.to_thread(_read_block, fd, offset, size, h, src)
+                await conn.put_block(h, data)
+                plan.sent += size
+                progress(size)
+
+        await gather_all([one(h, offset, size) for h, (offset, size) in first.items()])
+    finally:
+        os.close(fd)
+
+
 async def _resend(conn: Connection, src: Path, plan: _Plan, missing: list[str]) -> None:
     """The server lost or never got some blocks the commit names: read them
     again by offset and send them."""
@@ -168,15 +220,26 @@ async def stat_or_none(conn: Connection, path: str) -> m.Entry | None:
     return reply.entry  # type: ignore[no-any-return]
 
 
-async def send_file(remote: Remote, src: Path, progress: Progress) -> tuple[_Plan, os.stat_result]:
+async def send_file(
+    remote: Remote, src: Path, progress: Progress, known: KnownBlocks | None = None
+) -> tuple[_Plan, os.stat_result]:
     """Send the blocks of ``src`` the server lacks; returns the block plan and
-    the stat the content belongs to (unchanged from start to end)."""
+    the stat the content belongs to (unchanged from start to end). ``known``:
+    the file's blocks as a scan just found them (for that stat), so the file
+    is not chunked a second time: only the missing blocks are read, each
+    hash-checked as it is read."""
     st = os.stat(src)
     if not stat_mod.S_ISREG(st.st_mode):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
     plan = _Plan()
+    if known is not None and known.stat != (st.st_size, st.st_mtime_ns, st.st_ino):
+        known = None  # not the file the scan saw: chunk it afresh
 
     async def send(conn: Connection) -> None:
+        if known is not None:
+            plan.offsets, plan.sizes, plan.hashes = list(known.offsets), list(known.sizes), list(known.hashes)
+            await _send_known(conn, src, plan, progress)
+            return
         plan.hashes, plan.offsets, plan.sizes = [], [], []  # a retry re-chunks; only missing blocks move
         await _send_blocks(conn, src, plan, progress)
 
@@ -244,10 +307,42 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-async def fetch(remote: Remote, entry: m.Entry, folder: Path, progress: Progress, window: int = 8) -> Path:
+@dataclass
+class LocalCopy:
+    """A local file whose blocks are known (an older version of the file being
+    fetched): blocks it shares with the new version are read from it instead of
+    the network, each hash-checked as it is read."""
+
+    path: Path
+    blocks: list[m.BlockRef]
+
+    def offsets(self) -> dict[bytes, tuple[int, int]]:
+        out: dict[bytes, tuple[int, int]] = {}
+        at = 0
+        for b in self.blocks:
+            out.setdefault(b.hash, (at, b.size))
+            at += b.size
+        return out
+
+
+def _read_local(fd: int, offset: int, size: int, expected: bytes) -> bytes | None:
+    """The block at ``offset`` of a local file, or None if it is not (any more) the one expected."""
+    data = os.pread(fd, size, offset)
+    return data if len(data) == size and block_hash(data) == expected else None
+
+
+async def fetch(
+    remote: Remote,
+    entry: m.Entry,
+    folder: Path,
+    progress: Progress,
+    window: int = 8,
+    local: LocalCopy | None = None,
+) -> Path:
     """Fetch ``entry`` into a new temp file in ``folder``: every block
     hash-checked, the content hash checked, mode and mtime set, fsynced.
-    The caller renames it into place (see :func:`place`)."""
+    Blocks ``local`` already holds are copied from it (only the changed ones
+    cross the network). The caller renames it into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
@@ -260,6 +355,8 @@ async def fetch(remote: Remote, entry: m.Entry, folder: Path, progress: Progress
     try:
         os.ftruncate(fd, entry.size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
+        if local is not None:
+            await _copy_local(local, entry.blocks, offsets, fd, done, progress, window)
 
         async def fetch_all(conn: Connection) -> None:
             slots = asyncio.Semaphore(window)
@@ -284,6 +381,41 @@ async def fetch(remote: Remote, entry: m.Entry, folder: Path, progress: Progress
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+async def _copy_local(
+    local: LocalCopy,
+    blocks: list[m.BlockRef],
+    offsets: list[int],
+    fd: int,
+    done: set[int],
+    progress: Progress,
+    window: int,
+) -> None:
+    """Fill in the blocks ``local`` has (marking them done); a block that cannot
+    be read or no longer hashes right is left for the network."""
+    have = local.offsets()
+    try:
+        src = os.open(local.path, os.O_RDONLY)
+    except OSError:
+        return
+    slots = asyncio.Semaphore(window)
+
+    async def one(i: int, ref: m.BlockRef) -> None:
+        at, size = have[ref.hash]
+        async with slots:
+            data = await asyncio.to_thread(_read_local, src, at, size, ref.hash)
+            if data is not None:
+                await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+                done.add(i)
+                progress(ref.size)
+
+    try:
+        await gather_all([one(i, ref) for i, ref in enumerate(blocks) if ref.hash in have])
+    except OSError:
+        pass  # the rest comes from the server
+    finally:
+        os.close(src)
 
 
 def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:

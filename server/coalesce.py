@@ -44,6 +44,8 @@ class Coalescer(Generic[T, R]):
                     continue
                 try:
                     results = await self._run_many([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise ValueError(f"{len(results)} results for {len(batch)} calls")
                 except Exception as e:  # every caller of this run sees the failure
                     for _, f in batch:
                         if not f.done():

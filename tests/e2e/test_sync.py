@@ -245,10 +245,36 @@ def test_insert_at_start_of_big_file_sends_about_one_block(clients) -> None:
     before = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks"))
     a.write("big.bin", b"!" + data)
     a.sync()
-    b.sync()
+    fetched = _sync_counting_fetches(b)
     assert (b.folder / "big.bin").read_bytes() == b"!" + data
     sent = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks")) - before
     assert 0 < sent <= 2 * 4 * 1024 * 1024
+    # and B takes only the changed blocks from the server: the rest it copies from its old copy
+    assert 0 < sum(fetched) <= 2 * 4 * 1024 * 1024, fetched
+
+
+def _sync_counting_fetches(c: Client) -> list[int]:
+    """`sync --once` for ``c``, in-process, returning the size of every block it fetched from the server."""
+    from client import engine as engine_mod
+    from client.home import load_credentials
+    from client.transport import Connection
+
+    fetched: list[int] = []
+    real = Connection.get_block
+
+    async def counting(self: Connection, h: bytes) -> bytes | memoryview:
+        data = await real(self, h)
+        fetched.append(len(data))
+        return data
+
+    Connection.get_block = counting  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(
+            engine_mod.sync_once(c.folder, c.device.home, load_credentials(c.device.home), False, 30)
+        )
+    finally:
+        Connection.get_block = real  # type: ignore[method-assign]
+    return fetched
 
 
 def test_three_clients_converge(clients) -> None:

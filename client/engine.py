@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import stat as st
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -33,7 +34,7 @@ import orjson
 from client import durable
 from client import planner as p
 from client.home import Credentials
-from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, scan
+from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, rescan, scan
 from client.state import Observed, State
 from client.transfer import (
     STAGING_PREFIX,
@@ -63,6 +64,8 @@ PARALLEL_TRANSFERS = 16
 SMALL_FILE = 1024 * 1024  # files up to this size are uploaded in batches
 BATCH_FILES = 500
 BATCH_BYTES = 16 * 1024 * 1024
+MAX_DIRTY = 10_000  # more changed paths than this since the last scan: a full scan is cheaper
+FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something
 
 
 class SyncError(Exception):
@@ -90,6 +93,11 @@ class Engine:
                                        "deletions_waiting": 0, "peers": []}  # fmt: skip
         self.errors: list[str] = []
         self._scan: Scan = Scan()
+        # live mode: the watcher notes what changed, so a cycle re-checks only that
+        self._dirty: set[str] = set()  # disk paths changed since the last scan
+        self._watching = False  # the watcher is running: no change goes unreported
+        self._full_needed = True  # the last scan cannot be brought up to date from _dirty
+        self._full_at = 0.0  # time.monotonic() of the last full scan
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -143,15 +151,19 @@ class Engine:
 
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
+        settled = time.monotonic() + await self._settling_for()
         await self.pull()
-        self._scan = await asyncio.to_thread(scan, self.root, self.state.observed(), self.conflict_name)
-        local, remote, synced = self._scan.tree, self.state.remote_tree(), self.state.synced_tree()
+        known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
+        await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
+        self._scan = await self._scan_disk(known)
+        local = dict(self._scan.tree)
         for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
             for tree in (local, remote, synced):
                 for key in [k for k in tree if k == skipped or k.startswith(skipped.rstrip("/") + "/")]:
                     del tree[key]
         actions = p.plan(local, remote, synced, self.conflict_name)
         actions = self._guard_mass_delete(actions, synced)
+        self._touched(actions)
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
         self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
         self._write_status()
@@ -190,6 +202,43 @@ class Engine:
                 await self._attempt(actions[i])
                 i += 1
         return actions
+
+    def _incremental(self) -> bool:
+        return self._watching and not self._full_needed and time.monotonic() - self._full_at < FULL_SCAN_EVERY
+
+    async def _settling_for(self) -> float:
+        """Live mode: how long until the files just changed have settled (at most
+        ``SETTLE_S``). Scanned sooner, a file saved a moment ago would be skipped
+        as still being written, which costs a whole extra cycle."""
+        if not self._incremental() or not self._dirty:
+            return 0.0
+        return await asyncio.to_thread(_settling_for, self._dirty.copy())
+
+    async def _scan_disk(self, known: dict[str, Observed]) -> Scan:
+        """A full scan unless the watcher reported every change since the last
+        one: then only the changed folders (and files still settling) are looked at."""
+        dirty, self._dirty = self._dirty, set()
+        if self._incremental():
+            try:
+                return await asyncio.to_thread(
+                    rescan, self.root, self._scan, dirty, known, self.conflict_name
+                )
+            except BaseException:
+                self._full_needed = True  # the dirty paths are spent
+                raise
+        self._full_needed = False
+        self._full_at = time.monotonic()
+        return await asyncio.to_thread(scan, self.root, known, self.conflict_name)
+
+    def _touched(self, actions: list[p.Action]) -> None:
+        """Paths these actions change on disk are looked at by the next scan even
+        if the watcher reports them late (or never: a folder made on the way)."""
+        for action in actions:
+            match action:
+                case p.Download(path=path) | p.MkdirLocal(path=path) | p.DeleteLocal(path=path):
+                    self._dirty.add(str(self.disk(path)))
+                case p.MoveLocal(src=a, dst=b) | p.ConflictCopy(path=a, new_path=b):
+                    self._dirty.update((str(self.disk(a)), str(self.disk(b))))
 
     def _batch_small(
         self, actions: list[p.Action]
@@ -604,6 +653,7 @@ class Engine:
         """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
         self.check_root()
         watcher = asyncio.create_task(self._watch())
+        await asyncio.sleep(0)  # the watcher is set up before the first scan starts
         delays = backoff_delays(cap=30.0)
         try:
             while True:
@@ -632,9 +682,30 @@ class Engine:
         def interesting(_change: object, path: str) -> bool:
             return not Path(path).name.startswith(INTERNAL_PREFIX) and f"/{STAGING}/" not in path
 
-        async for _changes in awatch(self.root, watch_filter=interesting, debounce=50, step=20,
-                                     recursive=True):  # fmt: skip
-            self.wakeup.set()
+        self._watching = self._full_needed = True  # what changed before now is not in _dirty
+        try:
+            async for changes in awatch(self.root, watch_filter=interesting, debounce=50, step=20,
+                                        recursive=True):  # fmt: skip
+                self._dirty.update(path for _change, path in changes)
+                if len(self._dirty) > MAX_DIRTY:
+                    self._dirty.clear()
+                    self._full_needed = True
+                self.wakeup.set()
+        except Exception as e:  # e.g. out of inotify watches
+            log.warning("file watcher stopped (%s); scanning the whole folder on each cycle", e)
+        finally:
+            self._watching = False
+
+
+def _settling_for(paths: set[str]) -> float:
+    """How long until the newest of these files has settled (at most ``SETTLE_S``)."""
+    newest = 0.0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if st.S_ISREG(info.st_mode):
+                newest = max(newest, info.st_mtime)
+    return min(max(newest + SETTLE_S - time.time(), 0.0), SETTLE_S)
 
 
 def status_path(home: Path) -> Path:

@@ -13,7 +13,7 @@ import os
 import stat as st
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def is_ignored(spec: pathspec.GitIgnoreSpec, path: str, is_dir: bool) -> bool:
 
 
 def scan(
-    root: Path, known: dict[str, Observed], conflict_name: Callable[[str], str], now: float | None = None
+    root: Path, known: Mapping[str, Observed], conflict_name: Callable[[str], str], now: float | None = None
 ) -> Scan:
     """Walk ``root``; ``known`` is what the state observed last time (for cheap change detection)."""
     out = Scan()
@@ -74,9 +74,10 @@ def scan(
 
 
 def _walk(
-    folder: Path, prefix: str, spec: pathspec.GitIgnoreSpec, known: dict[str, Observed],
-    conflict_name: Callable[[str], str], now: float, out: Scan,
+    folder: Path, prefix: str, spec: pathspec.GitIgnoreSpec, known: Mapping[str, Observed],
+    conflict_name: Callable[[str], str], now: float, out: Scan, shallow: frozenset[str] | set[str] = frozenset(),
 ) -> None:  # fmt: skip
+    """``shallow``: subfolders recorded but not entered (``rescan`` keeps what it knew of them)."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
@@ -115,7 +116,8 @@ def _walk(
             continue
         if is_dir:
             out.tree[path] = Node("dir")
-            _walk(folder / name, path, spec, known, conflict_name, now, out)
+            if path not in shallow:
+                _walk(folder / name, path, spec, known, conflict_name, now, out)
         elif st.S_ISREG(info.st_mode):
             _file(folder / name, path, info, known.get(path), now, out)
         else:
@@ -143,3 +145,131 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
             return
     out.tree[path] = Node("file", digest, executable)
     out.observed[path] = Observed(info.st_size, info.st_mtime_ns, info.st_ino, digest, executable)
+
+
+def rescan(
+    root: Path, previous: Scan, dirty: Iterable[str], known: Mapping[str, Observed],
+    conflict_name: Callable[[str], str], now: float | None = None,
+) -> Scan:  # fmt: skip
+    """Bring ``previous`` (a scan of ``root``) up to date given the disk paths a
+    watcher reported as changed since; the result is what ``scan`` would find.
+
+    Work is per *folder*: the parent of each dirty path is listed again (so the
+    NFC and ignore rules see every sibling, as in a full walk); its files go
+    through ``_file`` (cheap unless size, mtime or inode changed), a folder new
+    there is walked whole, and a folder gone takes its subtree with it. Paths
+    skipped last time (still being written, unreadable) are looked at again
+    whether or not the watcher mentioned them. A changed ignore file, or a
+    path outside ``root``, makes it a full scan.
+    """
+    now = time.time() if now is None else now
+    base = os.path.join(os.fspath(root), "")
+    folders: set[str] = set()  # folders where something changed
+    maybe: set[str] = set()  # changed paths that may be folders themselves (listed if so)
+    for disk in dirty:
+        if disk in (os.fspath(root), base):
+            folders.add("/")
+            continue
+        if not disk.startswith(base) or disk == base + IGNORE_FILE:
+            return scan(root, known, conflict_name, now)
+        path = "/" + unicodedata.normalize("NFC", disk[len(base) :].rstrip("/"))
+        folders.add(_parent(path))
+        maybe.add(path)
+    for path in (*previous.skipped, *previous.unstable):
+        folders.add(_parent(path))
+        maybe.add(path)
+    out = Scan(dict(previous.tree), dict(previous.observed), dict(previous.skipped), set(previous.unstable))
+    children = _children_index(out)
+    spec = load_ignores(root)
+    listed: set[str] = set()
+    whole: set[str] = set()  # folders new this round, walked with all they hold
+    for path in sorted(folders | maybe, key=lambda f: (f.count("/"), f)):  # parents first
+        target = _to_list(root, path, path in folders, spec, out)
+        if target is None or target in listed or any(a in whole for a in (target, *_ancestors(target))):
+            continue
+        listed.add(target)
+        _relist(root, target, spec, known, conflict_name, now, out, children, whole)
+    return out
+
+
+def _to_list(root: Path, path: str, is_folder: bool, spec: pathspec.GitIgnoreSpec, out: Scan) -> str | None:
+    """The folder to list again for a change at ``path``: ``path`` itself if it
+    is a folder the scan knows and still one on disk, else (for a folder) the
+    nearest such folder above it; None if it is under an ignored folder, or
+    is a changed file (its parent's listing covers it)."""
+    while path != "/":
+        node = out.tree.get(path)
+        if node is not None and node.kind == "dir" and _is_folder(root / path.lstrip("/")):
+            return path
+        if not is_folder or is_ignored(spec, path, True):
+            return None
+        path = _parent(path)
+    return path
+
+
+def _is_folder(disk: Path) -> bool:
+    try:
+        return st.S_ISDIR(os.lstat(disk).st_mode)
+    except OSError:
+        return False
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _ancestors(path: str) -> list[str]:
+    """Every folder above ``path``, the root ``/`` included."""
+    out = ["/"]
+    parts = path.strip("/").split("/")[:-1]
+    for i in range(len(parts)):
+        out.append("/" + "/".join(parts[: i + 1]))
+    return out
+
+
+def _children_index(s: Scan) -> dict[str, set[str]]:
+    """Folder -> the paths directly in it that the scan holds (in the tree or skipped)."""
+    out: dict[str, set[str]] = {}
+    for path in (*s.tree, *s.skipped):
+        if path != "/":
+            out.setdefault(_parent(path), set()).add(path)
+    return out
+
+
+def _drop(path: str, out: Scan, children: dict[str, set[str]]) -> None:
+    """Forget ``path`` and, if it was a folder, everything under it."""
+    for child in children.pop(path, set()):
+        _drop(child, out, children)
+    out.tree.pop(path, None)
+    out.observed.pop(path, None)
+    out.skipped.pop(path, None)
+    out.unstable.discard(path)
+    if path != "/":
+        children.get(_parent(path), set()).discard(path)
+
+
+def _relist(
+    root: Path, folder: str, spec: pathspec.GitIgnoreSpec, known: Mapping[str, Observed],
+    conflict_name: Callable[[str], str], now: float, out: Scan, children: dict[str, set[str]], whole: set[str],
+) -> None:  # fmt: skip
+    """List one folder again, as ``_walk`` would, without descending into the
+    subfolders it already knew (their own events bring them up to date)."""
+    old = children.pop(folder, set())
+    kept = {p for p in old if p in out.tree and out.tree[p].kind == "dir" and p not in out.skipped}
+    for path in old - kept:
+        _drop(path, out, children)
+    for path in kept:  # the entry itself; its subtree stays unless it is gone
+        del out.tree[path]
+    out.skipped.pop(folder, None)  # "unreadable folder": this listing says again if still so
+    part = Scan(renamed=out.renamed)
+    _walk(root / folder.lstrip("/"), folder, spec, known, conflict_name, now, part, shallow=kept)
+    for path in kept:
+        if path not in part.tree:
+            _drop(path, out, children)  # gone, or a file or a link now
+    out.tree.update(part.tree)
+    out.observed.update(part.observed)
+    out.skipped.update(part.skipped)
+    out.unstable |= part.unstable
+    for parent, paths in _children_index(part).items():
+        children.setdefault(parent, set()).update(paths)
+    whole.update(p for p, node in part.tree.items() if node.kind == "dir" and p not in kept)

@@ -508,7 +508,7 @@ class Engine:
 
     async def _upload(self, path: str, parent: int | None) -> None:
         src = self.disk(path)
-        plan, stat = await send_file(self.remote, src, lambda n: None)
+        plan, stat = await send_file(self.remote, src, lambda n: None, known=self._scan.blocks.get(path))
         if not self._as_scanned(path, stat):
             # rewritten since the scan (maybe half-written yet: the scan's settle check is
             # what keeps those out): never commit it unseen; the next cycle looks again

@@ -21,6 +21,7 @@ import pathspec
 
 from client.planner import Node
 from client.state import Observed
+from client.transfer import KnownBlocks
 from protocol.chunking import chunk_stream
 from protocol.errors import ProtocolError
 from protocol.hashing import content_hash
@@ -29,6 +30,7 @@ from protocol.paths import validate_path
 SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
 )  # modified more recently: still being written
+KEEP_BLOCKS_OVER = 1024 * 1024  # bytes: a scan keeps the block list of bigger files it hashes
 INTERNAL_PREFIX = ".ferry-"  # .ferry-root marker, .ferry-staging/
 BUILTIN_IGNORES = ["*.swp", "~$*", ".DS_Store", "Thumbs.db", "*.tmp", ".ferry-*"]
 IGNORE_FILE = ".ferryignore"
@@ -41,6 +43,8 @@ class Scan:
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why (reported in status)
     unstable: set[str] = field(default_factory=set)  # try again shortly
     renamed: list[tuple[str, str]] = field(default_factory=list)  # name collisions resolved on disk
+    # big files hashed by this scan: their blocks, so an upload need not chunk them again
+    blocks: dict[str, KnownBlocks] = field(default_factory=dict)
 
 
 def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
@@ -52,9 +56,13 @@ def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def hash_file(path: Path) -> bytes:
+def hash_file(path: Path, blocks: list[tuple[int, int, bytes]] | None = None) -> bytes:
+    """The file's content hash; ``blocks`` (if given) gets each block's (offset, size, hash)."""
     with open(path, "rb", buffering=0) as f:
-        return content_hash(b.hash for b in chunk_stream(f))
+        if blocks is None:
+            return content_hash(b.hash for b in chunk_stream(f))
+        blocks.extend((b.offset, b.length, b.hash) for b in chunk_stream(f))
+        return content_hash(h for _, _, h in blocks)
 
 
 def is_ignored(spec: pathspec.GitIgnoreSpec, path: str, is_dir: bool) -> bool:
@@ -133,8 +141,9 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
         out.skipped[path] = "still being written"
         return
     else:
+        found: list[tuple[int, int, bytes]] | None = [] if info.st_size > KEEP_BLOCKS_OVER else None
         try:
-            digest = hash_file(disk)
+            digest = hash_file(disk, found)
             after = os.stat(disk)
         except OSError as e:
             out.skipped[path] = f"vanished or unreadable: {e.strerror}"
@@ -143,6 +152,13 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
             out.unstable.add(path)
             out.skipped[path] = "changed while it was read"
             return
+        if found is not None:
+            out.blocks[path] = KnownBlocks(
+                (info.st_size, info.st_mtime_ns, info.st_ino),
+                [offset for offset, _, _ in found],
+                [size for _, size, _ in found],
+                [h for _, _, h in found],
+            )
     out.tree[path] = Node("file", digest, executable)
     out.observed[path] = Observed(info.st_size, info.st_mtime_ns, info.st_ino, digest, executable)
 

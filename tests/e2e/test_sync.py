@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -244,13 +245,38 @@ def test_insert_at_start_of_big_file_sends_about_one_block(clients) -> None:
     db = a.device.server.database_url
     before = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks"))
     a.write("big.bin", b"!" + data)
-    a.sync()
+    rechunked = _sync_counting_rechunks(a)
+    assert rechunked == 0  # the upload used the block list the scan had just computed
     fetched = _sync_counting_fetches(b)
     assert (b.folder / "big.bin").read_bytes() == b"!" + data
     sent = asyncio.run(_count(db, "SELECT coalesce(sum(size), 0) FROM blocks")) - before
     assert 0 < sent <= 2 * 4 * 1024 * 1024
     # and B takes only the changed blocks from the server: the rest it copies from its old copy
     assert 0 < sum(fetched) <= 2 * 4 * 1024 * 1024, fetched
+
+
+def _sync_counting_rechunks(c: Client) -> int:
+    """`sync --once` for ``c``, in-process; how many times an upload chunked a file itself."""
+    from client import engine as engine_mod
+    from client import transfer
+    from client.home import load_credentials
+
+    calls = 0
+    real = transfer._send_blocks
+
+    async def counting(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await real(*args, **kwargs)
+
+    transfer._send_blocks = counting  # type: ignore[assignment]
+    try:
+        assert asyncio.run(
+            engine_mod.sync_once(c.folder, c.device.home, load_credentials(c.device.home), False, 30)
+        )
+    finally:
+        transfer._send_blocks = real
+    return calls
 
 
 def _sync_counting_fetches(c: Client) -> list[int]:

@@ -4,10 +4,11 @@ created up front, so a put never creates a directory).
 Writes go to ``root/tmp/`` first, are made durable, then renamed into place (and
 the renames made durable), so a block is either wholly visible under its name or
 not at all, even across a crash, and a put returns only once both are on disk.
-Puts that arrive together are written as one group (``server.coalesce``): all
-temp files, one ``syncfs`` of the store's filesystem, all renames, one more
+Small blocks that arrive together are written as one group (``server.coalesce``):
+all temp files, one ``syncfs`` of the store's filesystem, all renames, one more
 ``syncfs`` — two flushes for a burst of a thousand small blocks instead of two
-per block. Where ``syncfs`` does not exist (not Linux), each file and folder is
+per block. Big blocks are fsynced each on its own, several at once in worker
+threads, so the network and the disk keep overlapping. Where ``syncfs`` does not exist (not Linux), each file and folder is
 fsynced instead. Hashing and all file I/O run in worker threads; the event loop
 never waits on the disk.
 
@@ -46,6 +47,7 @@ def _is_hex(name: str, length: int) -> bool:
     return len(name) == length and all(c in _HEX for c in name)
 
 
+_GROUP_MAX = 256 * 1024  # bigger blocks are not worth grouping: flushing them is the cost
 _INLINE_HASH = 64 * 1024  # smaller blocks are hashed on the event loop (cheaper than a thread hop)
 
 
@@ -165,13 +167,15 @@ class FileBlockStore:
         finally:
             os.close(fd)
 
-    def _put_many_sync(self, items: list[tuple[bytes, bytes | memoryview]]) -> list[OSError | None]:
+    def _put_many_sync(
+        self, items: list[tuple[bytes, bytes | memoryview]], grouped: bool = True
+    ) -> list[OSError | None]:
         """Store verified blocks as one group (see the module docstring): each
         result is None once that block is durable under its name."""
         out: list[OSError | None] = [None] * len(items)
         staged: list[tuple[int, Path, Path]] = []
         taken: set[bytes] = set()
-        grouped = _syncfs is not None
+        grouped = grouped and _syncfs is not None
         for i, (h, data) in enumerate(items):
             final = self._path(h)
             if h in taken or final.exists():  # (a final name only ever holds a whole, durable block)
@@ -245,7 +249,10 @@ class FileBlockStore:
             raise BadBlock(
                 f"block {h.hex()}: the {len(data)} bytes sent do not hash to that name (corrupt upload?)"
             )
-        failed = await self._group((h, data))
+        if len(data) > _GROUP_MAX:  # big blocks: each flushed on its own, several at once
+            (failed,) = await asyncio.to_thread(self._put_many_sync, [(h, data)], False)
+        else:
+            failed = await self._group((h, data))
         if failed is not None:
             raise self._unavailable(f"write block {h.hex()}", failed) from failed
 

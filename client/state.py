@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -63,22 +64,35 @@ class State:
         # reconciled by the next scan and pull (it is never ahead of the disk or the server)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        # the three trees as last read, until a transaction writes their table: a live
+        # cycle reads them all, and most cycles follow one that changed nothing
+        self._trees: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         self.db.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction. (``with self.db`` is none: the connection is in autocommit mode,
-        so each statement would commit on its own and a failure or a kill halfway through
-        would leave half an update.)"""
-        self.db.execute("BEGIN IMMEDIATE")
+    def _tx(self, writes: tuple[str, ...] = ("remote", "synced", "observed")) -> Iterator[None]:
+        """One transaction that may write the tables ``writes`` names. (``with self.db``
+        is none: the connection is in autocommit mode, so each statement would commit on its
+        own and a failure or a kill halfway through would leave half an update.)"""
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            for table in writes:
+                self._trees.pop(table, None)
+
+    def _cached(self, table: str, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        tree = self._trees.get(table)
+        if tree is None:
+            tree = self._trees[table] = read()
+        return dict(tree)  # the caller's to change
 
     # --- meta ------------------------------------------------------------------
 
@@ -93,7 +107,7 @@ class State:
 
     def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
         """Fold journal entries into the remote tree and advance the cursor, atomically."""
-        with self._tx():
+        with self._tx(("remote",)):
             for e in entries:
                 # the same file at another path means it moved there
                 self.db.execute("DELETE FROM remote WHERE file_id = ? AND path != ?", (e.file_id, e.path))
@@ -107,7 +121,7 @@ class State:
             self.put("cursor", str(cursor))
 
     def reset_remote(self) -> None:
-        with self._tx():
+        with self._tx(("remote",)):
             self.db.execute("DELETE FROM remote")
             self.put("cursor", "0")
 
@@ -116,6 +130,9 @@ class State:
         return from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None
 
     def remote_tree(self) -> dict[str, Node]:
+        return self._cached("remote", self._read_remote)
+
+    def _read_remote(self) -> dict[str, Any]:
         out = {}
         for (blob,) in self.db.execute("SELECT entry FROM remote"):
             e = orjson.loads(blob)
@@ -126,6 +143,9 @@ class State:
     # --- synced tree ---------------------------------------------------------------
 
     def synced_tree(self) -> dict[str, Node]:
+        return self._cached("synced", self._read_synced)
+
+    def _read_synced(self) -> dict[str, Any]:
         return {
             p: Node(kind, h, bool(x), v, f)
             for p, kind, h, x, v, f in self.db.execute(
@@ -166,22 +186,23 @@ class State:
         """``path`` and everything below it are gone on both sides (``remote=False``:
         gone from the disk; the remote tree stays as the server's journal says)."""
         lo, hi = _below(path)
-        with self._tx():
-            for table in ("synced", "observed", "remote") if remote else ("synced", "observed"):
+        tables = ("synced", "observed", "remote") if remote else ("synced", "observed")
+        with self._tx(tables):
+            for table in tables:
                 self.db.execute(
                     f"DELETE FROM {table} WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi)
                 )
 
     def forget_synced(self, path: str) -> None:
         lo, hi = _below(path)
-        with self._tx():
+        with self._tx(("synced",)):
             self.db.execute("DELETE FROM synced WHERE path = ? OR (path > ? AND path < ?)", (path, lo, hi))
 
     def moved(self, src: str, dst: str) -> None:
         """A local rename of ``src`` (and its subtree) to ``dst`` happened on disk."""
         lo, hi = _below(src)
         dst_lo, dst_hi = _below(dst)
-        with self._tx():
+        with self._tx(("synced", "observed")):
             for table in ("synced", "observed"):
                 # the rename found nothing at dst: whatever was recorded there is stale
                 self.db.execute(
@@ -195,6 +216,9 @@ class State:
     # --- observed local files ----------------------------------------------------------
 
     def observed(self) -> dict[str, Observed]:
+        return self._cached("observed", self._read_observed)
+
+    def _read_observed(self) -> dict[str, Any]:
         return {
             p: Observed(s, t, i, h, bool(x))
             for p, s, t, i, h, x in self.db.execute(
@@ -203,7 +227,7 @@ class State:
         }
 
     def observe(self, path: str, obs: Observed) -> None:
-        with self._tx():
+        with self._tx(("observed",)):
             self._observe(path, obs)
 
     def _observe(self, path: str, obs: Observed) -> None:
@@ -214,5 +238,5 @@ class State:
         )
 
     def unobserve(self, path: str) -> None:
-        with self._tx():
+        with self._tx(("observed",)):
             self.db.execute("DELETE FROM observed WHERE path = ?", (path,))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from client import durable
 from client.home import Credentials
 from client.transport import Connection, ConnectionLost, backoff_delays, connect
 from protocol import messages as m
@@ -299,14 +300,6 @@ def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes) -
     os.pwrite(fd, data, offset)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class LocalCopy:
     """A local file whose blocks are known (an older version of the file being
@@ -431,7 +424,7 @@ def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:
 def place(tmp: Path, dest: Path) -> None:
     """Atomically rename a fetched file into place and make the rename durable."""
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    durable.fsync_dir(dest.parent)
 
 
 async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress) -> None:

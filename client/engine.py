@@ -50,7 +50,7 @@ from client.transport import ConnectionLost, backoff_delays
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.hashing import content_hash
+from protocol.hashing import block_hash, content_hash
 
 log = logging.getLogger("ferry.sync")
 MARKER = ".ferry-root"
@@ -248,25 +248,25 @@ class Engine:
         singles: list[p.Action] = []
         ups: list[list[p.Upload]] = [[]]
         downs: list[list[p.Download]] = [[]]
-        up_bytes = down_bytes = 0
+        filled = {id(ups): 0, id(downs): 0}  # bytes in the last batch of each
+
+        def add(batches: list[list[Any]], action: p.Action, size: int) -> None:
+            if len(batches[-1]) >= BATCH_FILES or filled[id(batches)] + size > BATCH_BYTES:
+                batches.append([])
+                filled[id(batches)] = 0
+            batches[-1].append(action)
+            filled[id(batches)] += size
+
         for action in actions:
             if isinstance(action, p.Upload):
                 obs = self._scan.observed.get(action.path)
                 if obs is not None and obs.size <= SMALL_FILE:
-                    if len(ups[-1]) >= BATCH_FILES or up_bytes + obs.size > BATCH_BYTES:
-                        ups.append([])
-                        up_bytes = 0
-                    ups[-1].append(action)
-                    up_bytes += obs.size
+                    add(ups, action, obs.size)
                     continue
             elif isinstance(action, p.Download):
                 entry = self.state.remote_entry(action.path)
                 if entry is not None and entry.kind == "file" and entry.size <= SMALL_FILE:
-                    if len(downs[-1]) >= BATCH_FILES or down_bytes + entry.size > BATCH_BYTES:
-                        downs.append([])
-                        down_bytes = 0
-                    downs[-1].append(action)
-                    down_bytes += entry.size
+                    add(downs, action, entry.size)
                     continue
             singles.append(action)
         batches: list[list[p.Upload] | list[p.Download]] = [b for b in ups if b]
@@ -369,7 +369,7 @@ class Engine:
         async def fetch_all(conn: Any) -> None:
             async def one(h: bytes) -> None:
                 data = bytes(await conn.get_block(h))
-                if hashlib.sha256(data).digest() != h:
+                if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
 
@@ -488,14 +488,11 @@ class Engine:
 
     def _unchanged(self, path: str) -> bool:
         """Is the file at ``path`` still exactly what the scan saw (or still absent)?"""
-        seen = self._scan.observed.get(path)
         try:
             now = os.lstat(self.disk(path))
         except FileNotFoundError:
-            return seen is None and path not in self._scan.tree
-        if seen is None:
-            return False
-        return (now.st_size, now.st_mtime_ns, now.st_ino) == (seen.size, seen.mtime_ns, seen.inode)
+            return path not in self._scan.observed and path not in self._scan.tree
+        return self._as_scanned(path, now)
 
     def _as_scanned(self, path: str, now: os.stat_result) -> bool:
         """Is ``now`` the stat of the very file the scan saw (and found settled) at ``path``?"""

@@ -305,16 +305,12 @@ class MetaStore:
         return await self._readable((who.user_id, h))
 
     async def _readable_many(self, asks: list[tuple[int, bytes]]) -> list[bool]:
-        rows = await self.pool.fetch(
-            "SELECT a.i FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS a(user_id, hash, i)"
-            " WHERE EXISTS (SELECT 1 FROM uploads u WHERE u.user_id = a.user_id AND u.hash = a.hash)"
-            " OR EXISTS (SELECT 1 FROM namespace_blocks nb JOIN members m ON m.namespace_id = nb.namespace_id"
-            " WHERE m.user_id = a.user_id AND nb.hash = a.hash)",
-            [u for u, _ in asks],
-            [h for _, h in asks],
-        )
-        yes = {r["i"] for r in rows}
-        return [i in yes for i in range(1, len(asks) + 1)]
+        """One ``_READABLE`` query per user asking (a burst is nearly always one user)."""
+        readable: set[tuple[int, bytes]] = set()
+        for user in {u for u, _ in asks}:
+            rows = await self.pool.fetch(self._READABLE, user, list({h for u, h in asks if u == user}))
+            readable.update((user, bytes(r["hash"])) for r in rows)
+        return [ask in readable for ask in asks]
 
     async def block_stored(self, h: bytes) -> bool:
         return await self._stored(h)

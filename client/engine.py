@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from client import durable
+from client import durable, names
 from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, rescan, scan
@@ -98,6 +99,7 @@ class Engine:
         self._watching = False  # the watcher is running: no change goes unreported
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # time.monotonic() of the last full scan
+        self.case_insensitive = False  # probed by check_root
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class Engine:
         if not marker.exists():
             marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
         (self.root / STAGING).mkdir(exist_ok=True)
+        self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
         for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -153,9 +156,16 @@ class Engine:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
         settled = time.monotonic() + await self._settling_for()
         await self.pull()
+        if self.case_insensitive:
+            await self._resolve_clashes()
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
         await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
         self._scan = await self._scan_disk(known)
+        if self.case_insensitive:
+            for path, kept in names.clashes(remote):  # could not be renamed: not downloaded over `kept`
+                self._scan.skipped[path] = (
+                    f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
+                )
         local = dict(self._scan.tree)
         for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
             for tree in (local, remote, synced):
@@ -202,6 +212,26 @@ class Engine:
                 await self._attempt(actions[i])
                 i += 1
         return actions
+
+    async def _resolve_clashes(self) -> None:
+        """Rename on the server the paths this disk cannot hold apart (client.names)."""
+        found = names.clashes(self.state.remote_tree())
+        for path, kept in found:
+            entry = self.state.remote_entry(path)
+            if entry is None:
+                continue
+            move = functools.partial(_move_to, path, self.conflict_name(path), entry.version)
+            try:
+                done = await self._change(move)
+            except ProtocolError as e:  # changed meanwhile, or not ours to rename: reported by cycle()
+                log.warning("%s differs only in case from %s; could not rename it: %s", path, kept, e.message)
+                continue
+            log.warning(
+                "%s differs only in case from %s: renamed it to %s (both kept)", path, kept, done.entry.path
+            )
+            self.status["conflicts"] = sorted({*self.status["conflicts"], done.entry.path})
+        if found:
+            await self.pull()
 
     def _incremental(self) -> bool:
         return self._watching and not self._full_needed and time.monotonic() - self._full_at < FULL_SCAN_EVERY
@@ -588,7 +618,8 @@ class Engine:
 
     def _move_local(self, src: str, dst: str) -> None:
         source, target = self.disk(src), self.disk(dst)
-        if target.exists() or not source.exists():
+        case_only = names.fold(src) == names.fold(dst) and names.same_file(source, target)
+        if (target.exists() and not case_only) or not source.exists():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, target)
@@ -692,6 +723,10 @@ class Engine:
             log.warning("file watcher stopped (%s); scanning the whole folder on each cycle", e)
         finally:
             self._watching = False
+
+
+def _move_to(src: str, dst: str, parent: int, request_id: int, key: str) -> m.Move:
+    return m.Move(request_id, key, src, dst, parent)
 
 
 def _settling_for(paths: set[str]) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pathspec
 
+from client.names import same_file
 from client.planner import Node
 from client.state import Observed
 from client.transfer import KnownBlocks
@@ -95,7 +96,9 @@ def _walk(
     for entry in entries:
         name = entry.name
         nfc = unicodedata.normalize("NFC", name)
-        if nfc != name or nfc in seen:
+        if nfc != name and nfc not in seen and same_file(folder / name, folder / nfc):
+            pass  # a normalising filesystem (macOS) lists the NFC name decomposed: one file, no twin
+        elif nfc != name or nfc in seen:
             # another form of a name already here (NFC vs NFD): keep both, rename this one
             target = nfc if nfc not in seen and not (folder / nfc).exists() else conflict_name(prefix + nfc)
             target = target.rsplit("/", 1)[-1]

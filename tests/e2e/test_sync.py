@@ -420,6 +420,31 @@ def test_name_collisions_case_renames_and_special_files(clients) -> None:
     assert (b.folder / "README.md").read_bytes() == b"readme" and not (b.folder / "Readme.md").exists()
 
 
+def test_names_differing_only_in_case_are_both_kept_by_a_case_insensitive_device(
+    clients, monkeypatch
+) -> None:
+    linux, mac = clients(2)
+    linux.write("Readme.md", b"older")  # the older file keeps its name on every device
+    linux.write("Docs/a.txt", b"a")
+    linux.sync()
+    linux.write("README.md", b"newer")
+    linux.write("docs/b.txt", b"b")  # a second folder that is the same folder once case is folded
+    linux.sync()
+    monkeypatch.setenv("FERRY_CASE_INSENSITIVE", "1")  # mac behaves as on a case-insensitive disk
+    mac.sync()
+    monkeypatch.setenv("FERRY_CASE_INSENSITIVE", "0")
+    linux.sync()
+    for c in (linux, mac):
+        files = {k: v[1] for k, v in tree(c.folder).items() if v[0] == "file"}
+        assert len({k.casefold() for k in files}) == len(files), files  # a folding disk can hold them all
+        assert files["Readme.md"] == b"older" and files["Docs/a.txt"] == b"a"
+        assert sorted(files.values()) == [b"a", b"b", b"newer", b"older"]  # nothing lost, nothing twice
+        renamed = [k for k in files if "(conflicted copy from dev1" in k]
+        assert sorted(files[k] for k in renamed) == [b"b", b"newer"], files  # README.md and docs/ moved aside
+    assert tree(linux.folder) == tree(mac.folder)
+    assert any("conflicted copy" in c for c in mac.status()["conflicts"])
+
+
 def test_file_still_being_written_is_not_uploaded_until_it_settles(clients, monkeypatch) -> None:
     (a,) = clients(1)
     monkeypatch.setenv("FERRY_SETTLE_MS", "60000")

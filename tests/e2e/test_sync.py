@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.support import foldfs
 from tests.support.servers import Device, FerryServer
 
 
@@ -443,6 +445,41 @@ def test_names_differing_only_in_case_are_both_kept_by_a_case_insensitive_device
         assert sorted(files[k] for k in renamed) == [b"b", b"newer"], files  # README.md and docs/ moved aside
     assert tree(linux.folder) == tree(mac.folder)
     assert any("conflicted copy" in c for c in mac.status()["conflicts"])
+
+
+@pytest.mark.skipif(bool(foldfs.WHY_NOT), reason=foldfs.WHY_NOT or "FUSE available")
+def test_sync_on_a_real_case_insensitive_normalising_filesystem(clients, tmp_path) -> None:
+    linux, other = clients(2)
+    with foldfs.mounted(tmp_path / "backing", tmp_path / "mnt") as mnt:
+        mac = Client(other.device, mnt / "Ferry")  # no override: the client's probe finds the folding
+        linux.write("Readme.md", b"older")
+        linux.sync()
+        linux.write("README.md", b"newer")
+        linux.write("Docs/a.txt", b"a")
+        linux.sync()
+        mac.sync()
+        linux.sync()
+        files = {k: v[1] for k, v in tree(mac.folder).items() if v[0] == "file"}
+        assert sorted(files.values()) == [b"a", b"newer", b"older"] and files["Readme.md"] == b"older"
+        assert tree(linux.folder) == tree(mac.folder)
+        os.rename(linux.folder / "Docs" / "a.txt", linux.folder / "Docs" / "A.txt")  # case-only, remote
+        linux.sync()
+        mac.sync()
+        assert os.listdir(mac.folder / "Docs") == ["A.txt"]
+        os.rename(mac.folder / "Readme.md", mac.folder / "readme.md")  # case-only, local
+        mac.sync()
+        linux.sync()
+        assert (linux.folder / "readme.md").read_bytes() == b"older" and not (
+            linux.folder / "Readme.md"
+        ).exists()
+        mac.write("cafe\u0301.txt", b"nfd")  # kept decomposed by this disk, NFC on the wire
+        mac.sync()
+        linux.sync()
+        assert (linux.folder / "caf\u00e9.txt").read_bytes() == b"nfd"
+        assert "cafe\u0301.txt" in os.listdir(mac.folder)  # not renamed on the disk that made it
+        mac.sync()
+        assert tree(linux.folder) == {unicodedata.normalize("NFC", k): v for k, v in tree(mac.folder).items()}
+        assert not [c for c in mac.status()["conflicts"] if "caf" in c]
 
 
 def test_file_still_being_written_is_not_uploaded_until_it_settles(clients, monkeypatch) -> None:

@@ -36,7 +36,9 @@ from client.planner import (
     Record,
     Upload,
     conflict_name,
+    focus,
     plan,
+    plan_within,
     same,
 )
 from protocol.paths import MAX_NAME_BYTES, ancestors, is_within, name_of, parent_of, validate_path
@@ -407,6 +409,21 @@ def test_plan_is_a_pure_function(trees: Trees) -> None:
     shuffled = [dict(reversed(t.items())) for t in trees]
     assert plan(shuffled[0], shuffled[1], shuffled[2], cname) == first
     assert [dict(t) for t in frozen] == [local, remote, synced]
+
+
+@SETTINGS
+@given(scenarios(), st.lists(st.sampled_from(NAMES), max_size=30))
+def test_planning_only_the_unsettled_paths_gives_the_same_plan(trees: Trees, extra: list[str]) -> None:
+    local, remote, synced = trees
+    for i, name in enumerate(extra):  # settled bystanders, as most of a real folder is
+        bystander = Node(FILE, POOL[i % len(POOL)], False, 10_000 + i, 20_000 + i)
+        path = f"/settled{i % 3}/{name}"
+        for tree in (local, remote, synced):
+            tree.setdefault(f"/settled{i % 3}", Node(DIR, None, False, 30_000 + i % 3, 40_000 + i % 3))
+            tree[path] = bystander if tree is not local else strip({path: bystander})[path]
+    paths = focus(local, remote, synced, most=float("inf"))
+    assert paths is not None
+    assert plan_within(local, remote, synced, cname, paths) == plan_within(local, remote, synced, cname, None)
 
 
 @SETTINGS

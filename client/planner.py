@@ -569,10 +569,10 @@ def plan_within(
     local: Tree, remote: Tree, synced: Tree, conflict_name: Callable[[str], str], paths: set[str] | None
 ) -> list[Action]:
     """:func:`plan` over ``paths`` only (all paths: ``None``)."""
-    trees = (local, remote, synced)
-    if paths is not None:
-        trees = tuple({p: t[p] for p in paths if p in t} for t in trees)  # type: ignore[assignment]
-    out = _Plan(*(_Tree(t) for t in trees), conflict_name, everything=(local, remote, synced))
+    def part(tree: Tree) -> _Tree:
+        return _Tree(tree if paths is None else {p: tree[p] for p in paths if p in tree})
+
+    out = _Plan(part(local), part(remote), part(synced), conflict_name, everything=(local, remote, synced))
     out.moves = _remote_moves(out.local, out.remote, out.synced)
     out.moves += _local_moves(out.local, out.remote, out.synced)
     targets, busy = _targets(out.local, out.remote, out.synced)

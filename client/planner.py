@@ -569,6 +569,7 @@ def plan_within(
     local: Tree, remote: Tree, synced: Tree, conflict_name: Callable[[str], str], paths: set[str] | None
 ) -> list[Action]:
     """:func:`plan` over ``paths`` only (all paths: ``None``)."""
+
     def part(tree: Tree) -> _Tree:
         return _Tree(tree if paths is None else {p: tree[p] for p in paths if p in tree})
 

@@ -46,6 +46,9 @@ class Observed:
     executable: bool
 
 
+_Edit = tuple[str, str, Any]  # (table, path, its new row as the cached tree holds it, or None: deleted)
+
+
 def node_of(entry: m.Entry) -> Node:
     return Node(entry.kind, entry.content_hash, entry.executable, entry.version, entry.file_id)
 
@@ -72,10 +75,18 @@ class State:
         self.db.close()
 
     @contextlib.contextmanager
-    def _tx(self, writes: tuple[str, ...] = ("remote", "synced", "observed")) -> Iterator[None]:
+    def _tx(
+        self, writes: tuple[str, ...] = ("remote", "synced", "observed"), edits: list[_Edit] | None = None
+    ) -> Iterator[None]:
         """One transaction that may write the tables ``writes`` names. (``with self.db``
         is none: the connection is in autocommit mode, so each statement would commit on its
-        own and a failure or a kill halfway through would leave half an update.)"""
+        own and a failure or a kill halfway through would leave half an update.)
+
+        Cached trees of those tables are dropped, to be read again when next needed,
+        unless the body lists every row it changed in ``edits``: then, once committed,
+        the same changes are made to the cached trees (a live cycle that records one
+        file must not re-read 10,000 rows for the next)."""
+        committed = False
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -84,9 +95,18 @@ class State:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+            committed = True
         finally:
-            for table in writes:
-                self._trees.pop(table, None)
+            if committed and edits is not None:
+                for table, path, value in edits:
+                    tree = self._trees.get(table)
+                    if tree is not None and value is None:
+                        tree.pop(path, None)
+                    elif tree is not None:
+                        tree[path] = value
+            else:
+                for table in writes:
+                    self._trees.pop(table, None)
 
     def _cached(self, table: str, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         tree = self._trees.get(table)
@@ -107,17 +127,23 @@ class State:
 
     def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
         """Fold journal entries into the remote tree and advance the cursor, atomically."""
-        with self._tx(("remote",)):
+        edits: list[_Edit] = []
+        with self._tx(("remote",), edits):
             for e in entries:
                 # the same file at another path means it moved there
-                self.db.execute("DELETE FROM remote WHERE file_id = ? AND path != ?", (e.file_id, e.path))
+                for (gone,) in self.db.execute(
+                    "DELETE FROM remote WHERE file_id = ? AND path != ? RETURNING path", (e.file_id, e.path)
+                ).fetchall():
+                    edits.append(("remote", gone, None))
                 if e.deleted:
                     self.db.execute("DELETE FROM remote WHERE path = ?", (e.path,))
+                    edits.append(("remote", e.path, None))
                 else:
                     self.db.execute(
                         "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
                         (e.path, e.file_id, orjson.dumps(to_wire(e))),
                     )
+                    edits.append(("remote", e.path, node_of(e)))
             self.put("cursor", str(cursor))
 
     def reset_remote(self) -> None:
@@ -165,11 +191,12 @@ class State:
 
     def record_many(self, items: Sequence[tuple[str, m.Entry, Observed | None]]) -> None:
         """``record`` for many paths, in one transaction."""
-        with self._tx():
+        edits: list[_Edit] = []
+        with self._tx(edits=edits):
             for path, entry, observed in items:
-                self._record(path, entry, observed)
+                self._record(path, entry, observed, edits)
 
-    def _record(self, path: str, entry: m.Entry, observed: Observed | None) -> None:
+    def _record(self, path: str, entry: m.Entry, observed: Observed | None, edits: list[_Edit]) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO synced (path, kind, content_hash, executable, version, file_id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -179,8 +206,10 @@ class State:
             "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
             (path, entry.file_id, orjson.dumps(to_wire(entry))),
         )
+        node = node_of(entry)
+        edits += [("synced", path, node), ("remote", path, node)]
         if observed is not None:
-            self._observe(path, observed)
+            self._observe(path, observed, edits)
 
     def forget(self, path: str, *, remote: bool = True) -> None:
         """``path`` and everything below it are gone on both sides (``remote=False``:
@@ -227,16 +256,18 @@ class State:
         }
 
     def observe(self, path: str, obs: Observed) -> None:
-        with self._tx(("observed",)):
-            self._observe(path, obs)
+        edits: list[_Edit] = []
+        with self._tx(("observed",), edits):
+            self._observe(path, obs, edits)
 
-    def _observe(self, path: str, obs: Observed) -> None:
+    def _observe(self, path: str, obs: Observed, edits: list[_Edit]) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO observed (path, size, mtime_ns, inode, content_hash, executable)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (path, obs.size, obs.mtime_ns, obs.inode, obs.content_hash, int(obs.executable)),
         )
+        edits.append(("observed", path, obs))
 
     def unobserve(self, path: str) -> None:
-        with self._tx(("observed",)):
+        with self._tx(("observed",), [("observed", path, None)]):
             self.db.execute("DELETE FROM observed WHERE path = ?", (path,))

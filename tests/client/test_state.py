@@ -3,7 +3,11 @@ write must show in the next read, and a caller's edits must not leak back."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.state import Observed, State
 from protocol import messages as m
@@ -59,3 +63,47 @@ def test_a_failed_transaction_leaves_reads_consistent(tmp_path: Path) -> None:
         pass
     assert list(s.remote_tree()) == ["/a"]  # rolled back, and read again from the database
     s.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["change", "delete", "record", "observe", "unobserve", "moved", "forget"]),
+            st.sampled_from(["/a", "/b", "/a/x", "/c"]),
+            st.sampled_from(["/a", "/b", "/a/x", "/c"]),
+            st.integers(1, 3),
+        ),
+        max_size=25,
+    )
+)
+def test_trees_kept_in_memory_always_equal_the_database(ops: list[tuple[str, str, str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = State(Path(tmp) / "state.db")
+        version = 100
+        for op, path, other, file_id in ops:
+            s.remote_tree(), s.synced_tree(), s.observed()  # cached from here on
+            version += 1
+            obs = Observed(version, version, version, bytes([file_id]) * 32, False)
+            if op == "change":  # a server change; the same file_id elsewhere means a move
+                s.apply_changes([entry(path, file_id, version)], version)
+            elif op == "delete":
+                s.apply_changes(
+                    [m.Entry(path=path, kind="file", file_id=file_id, version=version, deleted=True)], 1
+                )
+            elif op == "record":
+                s.record_many(
+                    [(path, entry(path, file_id, version), obs), (other, entry(other, 9, version), None)]
+                )
+            elif op == "observe":
+                s.observe(path, obs)
+            elif op == "unobserve":
+                s.unobserve(path)
+            elif op == "moved" and not other.startswith(path):
+                s.moved(path, other)
+            elif op == "forget":
+                s.forget(path, remote=file_id == 1)
+            assert s.remote_tree() == s._read_remote()
+            assert s.synced_tree() == s._read_synced()
+            assert s.observed() == s._read_observed()
+        s.close()

@@ -78,7 +78,7 @@ def scan(
     out = Scan()
     spec = load_ignores(root)
     now = time.time() if now is None else now
-    _walk(root, "/", spec, known, conflict_name, now, out)
+    _walk(root, "/", spec, _ByInode(known), conflict_name, now, out)
     return out
 
 
@@ -130,9 +130,29 @@ def _walk(
             if path not in shallow:
                 _walk(folder / name, path, spec, known, conflict_name, now, out)
         elif st.S_ISREG(info.st_mode):
-            _file(folder / name, path, info, known.get(path), now, out)
+            _file(folder / name, path, info, known.get(path) or _renamed(known, info), now, out)
         else:
             out.skipped[path] = "not a regular file (device, socket or pipe)"
+
+
+class _ByInode(dict[str, Observed]):
+    """What the state observed, plus an index by inode built when first needed."""
+
+    inodes: dict[int, Observed] | None = None
+
+
+def _renamed(known: Mapping[str, Observed], info: os.stat_result) -> Observed | None:
+    """What was observed of this very file under another name: a rename keeps a
+    file's inode, size and mtime, so a renamed file (a 100 MiB video, say) needs
+    no reading again to be known by its hash, and the planner sees a move at once."""
+    if not isinstance(known, _ByInode):
+        return None
+    if known.inodes is None:
+        known.inodes = {o.inode: o for o in known.values()}
+    seen = known.inodes.get(info.st_ino)
+    return (
+        seen if seen is not None and (seen.size, seen.mtime_ns) == (info.st_size, info.st_mtime_ns) else None
+    )
 
 
 def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, now: float, out: Scan) -> None:
@@ -200,6 +220,7 @@ def rescan(
     out = Scan(dict(previous.tree), dict(previous.observed), dict(previous.skipped), set(previous.unstable))
     children = _children_index(out)
     spec = load_ignores(root)
+    known = _ByInode(known)
     listed: set[str] = set()
     whole: set[str] = set()  # folders new this round, walked with all they hold
     for path in sorted(folders | maybe, key=lambda f: (f.count("/"), f)):  # parents first

@@ -1,0 +1,52 @@
+"""The scanner on a real folder: what it must not read again."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from client import scanner
+from client.scanner import Scan, rescan, scan
+
+
+def _name(path: str) -> str:
+    return path + " (conflicted)"
+
+
+def test_a_renamed_file_is_known_by_its_inode_without_being_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "d").mkdir()
+    video = tmp_path / "d" / "video.bin"
+    video.write_bytes(os.urandom(3 * 1024 * 1024))
+    old = time.time() - 60
+    os.utime(video, (old, old))
+    first = scan(tmp_path, {}, _name)
+    assert "/d/video.bin" in first.tree
+
+    def no_reading(*_args: object) -> bytes:
+        raise AssertionError("a renamed file was read again")
+
+    monkeypatch.setattr(scanner, "hash_file", no_reading)
+    os.rename(video, tmp_path / "moved.bin")
+    for found in (
+        scan(tmp_path, first.observed, _name),
+        rescan(tmp_path, first, [str(video), str(tmp_path / "moved.bin")], first.observed, _name),
+    ):
+        assert isinstance(found, Scan) and "/d/video.bin" not in found.tree
+        assert found.tree["/moved.bin"] == first.tree["/d/video.bin"]
+        assert found.observed["/moved.bin"] == first.observed["/d/video.bin"]
+
+
+def test_a_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"one")
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    first = scan(tmp_path, {}, _name)
+    f.write_bytes(b"two")  # same inode and size, new mtime
+    os.utime(f, (old + 1, old + 1))
+    assert scan(tmp_path, first.observed, _name).tree["/a.txt"] != first.tree["/a.txt"]

@@ -46,6 +46,9 @@ class Scan:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # name collisions resolved on disk
     # big files hashed by this scan: their blocks, so an upload need not chunk them again
     blocks: dict[str, KnownBlocks] = field(default_factory=dict)
+    # folder -> the paths directly in it (rescan keeps it from one scan to the next,
+    # rather than building it again over the whole tree for every change)
+    children: dict[str, set[str]] | None = None
 
 
 def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
@@ -218,7 +221,9 @@ def rescan(
         folders.add(_parent(path))
         maybe.add(path)
     out = Scan(dict(previous.tree), dict(previous.observed), dict(previous.skipped), set(previous.unstable))
-    children = _children_index(out)
+    children = previous.children if previous.children is not None else _children_index(out)
+    previous.children = None  # taken over: changed below to describe the new scan
+    out.children = children
     spec = load_ignores(root)
     known = _ByInode(known)
     listed: set[str] = set()

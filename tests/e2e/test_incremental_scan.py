@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client.scanner import Scan, rescan, scan
+from client.scanner import Scan, _children_index, rescan, scan
 from tests.e2e import test_sync
 from tests.e2e.test_sync import tree, wait_for
 
@@ -147,6 +147,8 @@ def test_rescan_matches_a_full_scan(tmp_path: Path, seed: int) -> None:
         full = scan(root, updated.observed, conflict_name)  # after rescan: NFD twins already renamed
         assert not full.renamed
         assert facts(updated) == facts(full)
+        if updated.children is not None:  # carried from rescan to rescan, still exact
+            assert {f: paths for f, paths in updated.children.items() if paths} == _children_index(updated)
         before = updated
 
 

@@ -35,7 +35,7 @@ import orjson
 from client import durable, names
 from client import planner as p
 from client.home import Credentials
-from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, rescan, scan
+from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
 from client.transfer import (
     STAGING_PREFIX,
@@ -106,6 +106,7 @@ class Engine:
     def check_root(self) -> None:
         """Refuse to sync a folder that was synced before but lost its marker
         (an unmounted disk or a replaced folder): that would delete everything."""
+        enable_writer_checks()
         marker = self.root / MARKER
         if self.state.get("initialised") == "yes" and not marker.exists():
             raise SyncError(
@@ -730,14 +731,14 @@ def _move_to(src: str, dst: str, parent: int, request_id: int, key: str) -> m.Mo
 
 
 def _settling_for(paths: set[str]) -> float:
-    """How long until the newest of these files has settled (at most ``SETTLE_S``)."""
-    newest = 0.0
+    """How long until the last of these files has settled (at most ``SETTLE_S``)."""
+    left, now = 0.0, time.time()
     for path in paths:
         with contextlib.suppress(OSError):
             info = os.lstat(path)
             if st.S_ISREG(info.st_mode):
-                newest = max(newest, info.st_mtime)
-    return min(max(newest + SETTLE_S - time.time(), 0.0), SETTLE_S)
+                left = max(left, settle_left(path, info.st_mtime_ns, now))
+    return min(left, SETTLE_S)
 
 
 def status_path(home: Path) -> Path:

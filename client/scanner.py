@@ -2,14 +2,17 @@
 applies ignore rules, and hashes only files whose size, mtime or inode
 changed since the state last saw them.
 
-A file that is still being written (modified in the last ``SETTLE_S``, or
-changed while it was hashed), vanished or unreadable is *skipped*: reported,
+A file that is still being written (modified in the last ``SETTLE_S`` and
+still open for writing, or changed while it was hashed), vanished or unreadable is *skipped*: reported,
 and kept out of this round's plan, never taken for deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import signal
 import stat as st
 import time
 import unicodedata
@@ -158,11 +161,51 @@ def _renamed(known: Mapping[str, Observed], info: os.stat_result) -> Observed | 
     )
 
 
+def settle_left(disk: Path | str, mtime_ns: int, now: float) -> float:
+    """Seconds until the file at ``disk`` counts as written in full: none once it
+    was left alone for ``SETTLE_S``, or as soon as no process has it open for
+    writing (where the system can tell: :func:`_writers_gone`). So a save that
+    closed its file is synced at once, and a writer that pauses with the file
+    open is waited for."""
+    left = mtime_ns / 1e9 + SETTLE_S - now
+    return 0.0 if left <= 0 or _writers_gone(disk) else left
+
+
+def enable_writer_checks() -> None:
+    """Let :func:`_writers_gone` use Linux file leases in this process. Taking a
+    lease arms a signal (SIGIO, fatal by default) for when another process opens
+    the file for writing meanwhile; the lease is dropped at once, so the signal
+    is only to be ignored. Call from the main thread; elsewhere nothing changes."""
+    with contextlib.suppress(ValueError, AttributeError):  # not the main thread; not Linux
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+
+def _writers_gone(disk: Path | str) -> bool:
+    """True if no process has the file open for writing: the kernel grants a read
+    lease only then (fcntl(2), F_SETLEASE). False when that cannot be told (not
+    Linux, not the file's owner, a filesystem without leases, writer checks not
+    enabled): then only the settle time says."""
+    if getattr(signal, "SIGIO", None) is None or signal.getsignal(signal.SIGIO) != signal.SIG_IGN:
+        return False
+    try:
+        fd = os.open(disk, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    except OSError:  # EAGAIN: open for writing somewhere; EACCES, EINVAL: cannot tell
+        return False
+    finally:
+        os.close(fd)
+
+
 def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, now: float, out: Scan) -> None:
     executable = bool(info.st_mode & st.S_IXUSR)
     if known and (known.size, known.mtime_ns, known.inode) == (info.st_size, info.st_mtime_ns, info.st_ino):
         digest = known.content_hash
-    elif now - info.st_mtime_ns / 1e9 < SETTLE_S:
+    elif settle_left(disk, info.st_mtime_ns, now) > 0:
         out.unstable.add(path)
         out.skipped[path] = "still being written"
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -50,3 +51,24 @@ def test_a_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
     f.write_bytes(b"two")  # same inode and size, new mtime
     os.utime(f, (old + 1, old + 1))
     assert scan(tmp_path, first.observed, _name).tree["/a.txt"] != first.tree["/a.txt"]
+
+
+def test_a_fresh_file_is_complete_once_no_one_has_it_open_for_writing(tmp_path: Path) -> None:
+    f = tmp_path / "new.txt"
+    before = signal.getsignal(signal.SIGIO)
+    try:
+        with open(f, "wb") as writer:
+            writer.write(b"half")
+            writer.flush()
+            now = time.time()
+            mtime = f.stat().st_mtime_ns
+            assert scanner.settle_left(f, mtime, now) > 0  # writer checks off: the settle time says
+            scanner.enable_writer_checks()
+            assert scanner.settle_left(f, mtime, now) > 0  # still open for writing
+            assert "/new.txt" in scan(tmp_path, {}, _name).unstable
+        assert scanner.settle_left(f, mtime, now) == 0  # closed: complete, however recent
+        assert scan(tmp_path, {}, _name).tree["/new.txt"].kind == "file"
+        with open(f, "rb"):  # a reader is no writer
+            assert scanner.settle_left(f, mtime, now) == 0
+    finally:
+        signal.signal(signal.SIGIO, before)

@@ -482,21 +482,31 @@ def test_sync_on_a_real_case_insensitive_normalising_filesystem(clients, tmp_pat
         assert not [c for c in mac.status()["conflicts"] if "caf" in c]
 
 
-def test_file_still_being_written_is_not_uploaded_until_it_settles(clients, monkeypatch) -> None:
+def test_file_still_being_written_is_not_uploaded_until_its_writer_is_done(clients) -> None:
     (a,) = clients(1)
-    monkeypatch.setenv("FERRY_SETTLE_MS", "60000")
     a.folder.mkdir()
-    (a.folder / "growing.log.part").write_bytes(b"half")  # modified just now: still being written
     a.write("done.txt", b"done", age=300)
-    engine_status = _sync_with_settle(a, "60000", expect_ok=False)
-    assert "still being written" in engine_status["skipped"]["/growing.log.part"]
-    listed = {e["path"] for e in json.loads(a.device.run("ls", "--json", check=True).stdout)}
-    assert listed == {"/done.txt"}
-    old = time.time() - 120
-    os.utime(a.folder / "growing.log.part", (old, old))
+
+    def listed() -> dict[str, int]:
+        return {e["path"]: e["size"] for e in json.loads(a.device.run("ls", "--json", check=True).stdout)}
+
+    with open(a.folder / "growing.log.part", "wb") as writer:  # an app still writing it
+        writer.write(b"half")
+        writer.flush()
+        engine_status = _sync_with_settle(a, "60000", expect_ok=False)
+        assert "still being written" in engine_status["skipped"]["/growing.log.part"]
+        assert listed() == {"/done.txt": 4}
+        writer.write(b" and the rest")
+    # closed a moment ago: with no writer left it counts as complete at once (no settle wait)
     _sync_with_settle(a, "60000", expect_ok=True)
-    listed = {e["path"] for e in json.loads(a.device.run("ls", "--json", check=True).stdout)}
-    assert listed == {"/done.txt", "/growing.log.part"}
+    assert listed() == {"/done.txt": 4, "/growing.log.part": 17}
+    with open(a.folder / "app.log", "wb") as log:  # held open for good, as a daemon's log is
+        log.write(b"line\n")
+        log.flush()
+        old = time.time() - 120
+        os.utime(a.folder / "app.log", (old, old))  # but left alone for longer than the settle time
+        _sync_with_settle(a, "60000", expect_ok=True)
+    assert listed()["/app.log"] == 5
 
 
 def _sync_with_settle(c: Client, settle_ms: str, expect_ok: bool) -> dict:

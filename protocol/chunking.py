@@ -43,8 +43,43 @@ def chunk_stream(stream: Readable) -> Iterator[Block]:
     Each ``Block.data`` is only valid until the iterator advances: copy it
     (``bytes(block.data)``) if it must outlive the step.
     """
-    for c in _chunker().cut_stream(stream):
+    head = bytearray(MIN_BLOCK + 1)
+    n = _fill(stream, memoryview(head))
+    if n <= MIN_BLOCK:
+        # no cut comes before MIN_BLOCK, so this is the one block the chunker would
+        # give, without setting it up (~1 ms a file: most of a small file's cost)
+        if n:
+            data = memoryview(head)[:n]
+            yield Block(0, n, block_hash(data), data)
+        return
+    for c in _chunker().cut_stream(_Prefixed(memoryview(head), stream)):
         yield Block(c.offset, c.length, block_hash(c.data), c.data)
+
+
+def _fill(stream: Readable, buf: memoryview) -> int:
+    """Read until ``buf`` is full or the stream ends; the bytes read."""
+    n = 0
+    while n < len(buf):
+        got = stream.readinto(buf[n:])
+        if not got:
+            break
+        n += got
+    return n
+
+
+class _Prefixed:
+    """``head`` (bytes already read from ``rest``), then the rest of ``rest``."""
+
+    def __init__(self, head: memoryview, rest: Readable) -> None:
+        self.head, self.rest = head, rest
+
+    def readinto(self, b: memoryview) -> int:
+        if not self.head:
+            return self.rest.readinto(b)
+        n = min(len(b), len(self.head))
+        b[:n] = self.head[:n]
+        self.head = self.head[n:]
+        return n
 
 
 def chunk_bytes(data: bytes) -> list[Block]:

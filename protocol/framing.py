@@ -206,7 +206,10 @@ def _build(cls: Any, body: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = decode_field(body[name], prefix + name)
         elif required:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {prefix + name!r} is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a rule across fields (messages.py's __post_init__)
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{prefix.rstrip('.') or cls.TYPE}: {e}") from None
 
 
 def decode(frame: str | bytes) -> m.Message:

@@ -274,6 +274,10 @@ class BatchResult:
     entry: Entry | None = None  # committed
     failure: Failure | None = None  # or not, and why
 
+    def __post_init__(self) -> None:
+        if (self.entry is None) == (self.failure is None):
+            raise ValueError("needs exactly one of 'entry' and 'failure'")
+
 
 @dataclass(frozen=True, slots=True)
 class CommittedBatch(Message):

@@ -116,6 +116,17 @@ def test_chunk_stream_equals_chunk_bytes(data: bytes, step: int | None) -> None:
     assert streamed == expected
 
 
+@pytest.mark.parametrize("size", [0, 1, 4096, MIN_BLOCK - 1, MIN_BLOCK, MIN_BLOCK + 1, MIN_BLOCK + 70_000])
+@pytest.mark.parametrize("step", [None, 1000, 100_000])
+def test_chunk_stream_around_the_minimum_block(size: int, step: int | None) -> None:
+    # a stream no longer than MIN_BLOCK skips the chunker; the cut must not change
+    data = random_bytes(size, size + 1)
+    stream = io.BytesIO(data) if step is None else ShortReads(data, step)
+    assert _stream_summary(chunk_stream(stream)) == [
+        (b.offset, b.length, b.hash, bytes(b.data)) for b in chunk_bytes(data)
+    ]
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     seed=SEEDS,

@@ -81,6 +81,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
 def dataclass_strategy(cls: type) -> st.SearchStrategy[Any]:
     """Instances of ``cls`` with every field (defaults included) drawn."""
     hints = _hints(cls)
+    if cls is m.BatchResult:  # exactly one of its two fields
+        return st.builds(cls, entry=strategy_for(m.Entry)) | st.builds(cls, failure=strategy_for(m.Failure))
     return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)})
 
 

@@ -52,6 +52,7 @@ from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import block_hash, content_hash
+from protocol.paths import ancestors
 
 log = logging.getLogger("ferry.sync")
 MARKER = ".ferry-root"
@@ -460,9 +461,12 @@ class Engine:
         return 0
 
     def _guard_mass_delete(self, actions: list[p.Action], synced: p.Tree) -> list[p.Action]:
-        deletes = [a for a in actions if isinstance(a, p.DeleteRemote)]
+        deletes = {a.path for a in actions if isinstance(a, p.DeleteRemote)}
+        if not deletes:  # the usual cycle: no need to look at every file
+            self.status["deletions_waiting"] = 0
+            return actions
         files = [k for k, n in synced.items() if n.kind == "file"]
-        doomed = {k for a in deletes for k in files if k == a.path or k.startswith(a.path + "/")}
+        doomed = {k for k in files if k in deletes or any(a in deletes for a in ancestors(k))}
         if len(doomed) >= MASS_DELETE_MIN and len(doomed) > MASS_DELETE_SHARE * len(files):
             if not self.confirm_deletes:
                 self.status["deletions_waiting"] = len(doomed)
@@ -651,7 +655,7 @@ class Engine:
         self.status["conflicts"] = sorted(
             {
                 *self.status["conflicts"],
-                *(k for k in self._scan.tree if CONFLICT_MARK in k.rsplit("/", 1)[-1]),
+                *(k for k in self._scan.tree if CONFLICT_MARK in k and CONFLICT_MARK in k.rsplit("/", 1)[-1]),
             }
         )
         self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")

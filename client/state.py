@@ -46,6 +46,7 @@ class Observed:
     executable: bool
 
 
+MAX_ENTRIES = 50_000  # whole entries (with block lists) kept from recent pulls and records
 _Edit = tuple[str, str, Any]  # (table, path, its new row as the cached tree holds it, or None: deleted)
 
 
@@ -68,7 +69,8 @@ class State:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         # the three trees as last read, until a transaction writes their table: a live
-        # cycle reads them all, and most cycles follow one that changed nothing
+        # cycle reads them all, and most cycles follow one that changed nothing; and
+        # under "entries", whole remote entries the last pulls and records wrote
         self._trees: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
@@ -100,12 +102,16 @@ class State:
             if committed and edits is not None:
                 for table, path, value in edits:
                     tree = self._trees.get(table)
+                    if tree is None and table == "entries" and value is not None:
+                        tree = self._trees["entries"] = {}
                     if tree is not None and value is None:
                         tree.pop(path, None)
                     elif tree is not None:
                         tree[path] = value
+                if len(self._trees.get("entries", ())) > MAX_ENTRIES:
+                    del self._trees["entries"]
             else:
-                for table in writes:
+                for table in (*writes, "entries") if "remote" in writes else writes:
                     self._trees.pop(table, None)
 
     def _cached(self, table: str, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -134,16 +140,16 @@ class State:
                 for (gone,) in self.db.execute(
                     "DELETE FROM remote WHERE file_id = ? AND path != ? RETURNING path", (e.file_id, e.path)
                 ).fetchall():
-                    edits.append(("remote", gone, None))
+                    edits += [("remote", gone, None), ("entries", gone, None)]
                 if e.deleted:
                     self.db.execute("DELETE FROM remote WHERE path = ?", (e.path,))
-                    edits.append(("remote", e.path, None))
+                    edits += [("remote", e.path, None), ("entries", e.path, None)]
                 else:
                     self.db.execute(
                         "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
                         (e.path, e.file_id, orjson.dumps(to_wire(e))),
                     )
-                    edits.append(("remote", e.path, node_of(e)))
+                    edits += [("remote", e.path, node_of(e)), ("entries", e.path, e)]
             self.put("cursor", str(cursor))
 
     def reset_remote(self) -> None:
@@ -152,6 +158,9 @@ class State:
             self.put("cursor", "0")
 
     def remote_entry(self, path: str) -> m.Entry | None:
+        known = self._trees.get("entries", {}).get(path)
+        if known is not None:  # brought by the last pulls: what the downloads that follow ask for
+            return known  # type: ignore[no-any-return]
         row = self.db.execute("SELECT entry FROM remote WHERE path = ?", (path,)).fetchone()
         return from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None
 
@@ -207,7 +216,7 @@ class State:
             (path, entry.file_id, orjson.dumps(to_wire(entry))),
         )
         node = node_of(entry)
-        edits += [("synced", path, node), ("remote", path, node)]
+        edits += [("synced", path, node), ("remote", path, node), ("entries", path, entry)]
         if observed is not None:
             self._observe(path, observed, edits)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.state import Observed, State
 from protocol import messages as m
+from protocol.framing import from_wire
 
 
 def entry(path: str, file_id: int, version: int, content: bytes = b"\x01" * 32) -> m.Entry:
@@ -106,4 +108,9 @@ def test_trees_kept_in_memory_always_equal_the_database(ops: list[tuple[str, str
             assert s.remote_tree() == s._read_remote()
             assert s.synced_tree() == s._read_synced()
             assert s.observed() == s._read_observed()
+            for p in ("/a", "/b", "/a/x", "/c"):
+                row = s.db.execute("SELECT entry FROM remote WHERE path = ?", (p,)).fetchone()
+                assert s.remote_entry(p) == (
+                    from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None
+                )
         s.close()

@@ -153,8 +153,10 @@ def test_rescan_matches_a_full_scan(tmp_path: Path, seed: int) -> None:
 
 
 def test_rescan_rechecks_files_still_being_written_without_new_events(tmp_path: Path) -> None:
-    (tmp_path / "new.txt").write_bytes(b"half")  # just written: not settled yet
-    first = scan(tmp_path, {}, conflict_name)
+    with open(tmp_path / "new.txt", "wb") as writer:  # still being written
+        writer.write(b"half")
+        writer.flush()
+        first = scan(tmp_path, {}, conflict_name)
     assert first.unstable == {"/new.txt"}
     settle(tmp_path / "new.txt")
     later = rescan(tmp_path, first, [], first.observed, conflict_name)

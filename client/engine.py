@@ -158,16 +158,14 @@ class Engine:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
         settled = time.monotonic() + await self._settling_for()
         await self.pull()
-        if self.case_insensitive:
-            await self._resolve_clashes()
+        unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
         await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
         self._scan = await self._scan_disk(known)
-        if self.case_insensitive:
-            for path, kept in names.clashes(remote):  # could not be renamed: not downloaded over `kept`
-                self._scan.skipped[path] = (
-                    f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
-                )
+        for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
+            self._scan.skipped[path] = (
+                f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
+            )
         local = dict(self._scan.tree)
         for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
             for tree in (local, remote, synced):
@@ -215,8 +213,9 @@ class Engine:
                 i += 1
         return actions
 
-    async def _resolve_clashes(self) -> None:
-        """Rename on the server the paths this disk cannot hold apart (client.names)."""
+    async def _resolve_clashes(self) -> list[tuple[str, str]]:
+        """Rename on the server the paths this disk cannot hold apart (client.names);
+        the clashes left (renames refused), as :func:`names.clashes` gives them."""
         found = names.clashes(self.state.remote_tree())
         for path, kept in found:
             entry = self.state.remote_entry(path)
@@ -232,8 +231,10 @@ class Engine:
                 "%s differs only in case from %s: renamed it to %s (both kept)", path, kept, done.entry.path
             )
             self.status["conflicts"] = sorted({*self.status["conflicts"], done.entry.path})
-        if found:
-            await self.pull()
+        if not found:
+            return []
+        await self.pull()
+        return names.clashes(self.state.remote_tree())
 
     def _incremental(self) -> bool:
         return self._watching and not self._full_needed and time.monotonic() - self._full_at < FULL_SCAN_EVERY

@@ -21,6 +21,7 @@ scanner already keeps an NFC and an NFD twin on disk apart (client.scanner).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import unicodedata
 import uuid
@@ -47,6 +48,7 @@ def probe_case_insensitive(folder: Path) -> bool:
             probe.unlink()
 
 
+@functools.lru_cache(maxsize=1 << 17)  # every remote path, every cycle, on a folding disk
 def fold(path: str) -> str:
     """``path`` as a case-insensitive filesystem compares it (over-folding errs on the safe side)."""
     return unicodedata.normalize("NFC", path).casefold()

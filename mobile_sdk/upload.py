@@ -27,7 +27,7 @@ from mobile_sdk.errors import ApiError, FerryError, OfflineError
 from mobile_sdk.transport import Transport
 from protocol.chunking import chunk_stream
 
-PARALLEL_PUTS = 4
+PARALLEL_PUTS = 8
 QUERY_BATCH = 10_000
 
 

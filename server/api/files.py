@@ -128,6 +128,8 @@ async def download(request: Request, who: Principal, services: Services) -> Resp
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
     headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":  # the headers only: read no block
+        return Response(b"", 206 if span else 200, headers, media_type="application/octet-stream")
     return StreamingResponse(
         stream_range(services, who, entry.blocks, start, end),
         status_code=206 if span else 200,

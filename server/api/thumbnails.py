@@ -104,6 +104,7 @@ async def thumbnail(request: Request, who: Principal, services: Services) -> Res
       - {name: ns, in: query, schema: {type: integer}}
     responses:
       200: {description: image/jpeg; X-Ferry-Cache says hit or miss}
+      304: {description: not modified (If-None-Match matched the ETag)}
       400: {description: a size other than 64, 256 or 1024}
       413: {description: the image is too large (bytes or pixels) to thumbnail}
       415: {description: not an image}
@@ -119,11 +120,13 @@ async def thumbnail(request: Request, who: Principal, services: Services) -> Res
         )
     key = (entry.content_hash, size)
     headers = {"ETag": f'"{entry.content_hash.hex()}-{size}"', "Cache-Control": "private, no-cache"}
+    if headers["ETag"] in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
     data = _cache.get(key)
     headers["X-Ferry-Cache"] = "hit" if data is not None else "miss"
     if data is None:
-        source = b"".join([await services.get_block(who, b.hash) for b in entry.blocks])
-        async with _renders:
+        async with _renders:  # bounds the source bytes held in memory too, not only the decodes
+            source = b"".join([await services.get_block(who, b.hash) for b in entry.blocks])
             data = await asyncio.to_thread(render, source, size)
         _cache.put(key, data)
     return Response(data, headers=headers, media_type="image/jpeg")

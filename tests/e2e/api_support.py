@@ -4,15 +4,16 @@ plain-httpx uploader that speaks the API by hand."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from protocol.chunking import chunk_bytes
+from server.metastore import MetaStore
 from tests.support.servers import FerryServer, create_database, drop_database
 
 TIMEOUT = 10.0
@@ -28,9 +29,15 @@ def api_server(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 async def add_user(server: FerryServer, name: str | None = None, password: str = "pw") -> str:
+    """A new user, made in the server's database by the code `ferry admin user add`
+    runs (in-process: a CLI process per user would be most of these tests' time)."""
     name = name or "u" + uuid.uuid4().hex[:10]
-    r = await asyncio.to_thread(server.admin, "user", "add", name, "--password-stdin", stdin=password + "\n")
-    assert r.returncode == 0, r.stderr
+    assert server.database_url is not None
+    pool = await asyncpg.create_pool(server.database_url, min_size=1, max_size=1)
+    try:
+        await MetaStore(pool).add_user(name, password)
+    finally:
+        await pool.close()
     return name
 
 

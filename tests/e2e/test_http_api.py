@@ -64,7 +64,9 @@ async def test_download_honours_ranges_and_refuses_outside_ones(api_server: Ferr
         bad = await http.get("/download", params={"path": "/v.bin"}, headers={"Range": f"bytes={len(data)}-"})
         assert bad.status_code == 416 and bad.json()["code"] == "bad_range"
         assert bad.headers["content-range"] == f"bytes */{len(data)}"
-        assert (await http.get("/download", params={"path": "/v.bin", "version": 1})).status_code == 404
+        assert (await http.get("/download", params={"path": "/v.bin", "version": 10**9})).status_code == 404
+        head = await http.head("/download", params={"path": "/v.bin"}, headers={"Range": "bytes=10-19"})
+        assert head.status_code == 206 and head.headers["content-length"] == "10" and head.content == b""
 
 
 async def test_blocks_by_hash_only_for_readers(api_server: FerryServer) -> None:
@@ -229,6 +231,10 @@ async def test_thumbnails_of_jpeg_and_png_cached_and_bombs_refused(api_server: F
             assert Image.open(io.BytesIO(r.content)).size == want
         again = await http.get("/thumbnail", params={"path": "/a.jpg", "size": 256})
         assert again.headers["x-ferry-cache"] == "hit"
+        etag = {"If-None-Match": again.headers["etag"]}
+        assert (
+            await http.get("/thumbnail", params={"path": "/a.jpg", "size": 256}, headers=etag)
+        ).status_code == 304
         assert (await http.get("/thumbnail", params={"path": "/a.jpg", "size": 300})).status_code == 400
         await upload(http, "/bomb.png", _bomb_png(100_000, 100_000))
         await upload(http, "/notimage.jpg", b"just text")

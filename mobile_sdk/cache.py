@@ -46,6 +46,8 @@ class BlockCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(home / "ferry.sqlite3", isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # no fsync per index change: a cache may lose its last uses in a power cut, never its consistency
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self._clock = self.db.execute("SELECT coalesce(max(used), 0) FROM blocks").fetchone()[0]
 

@@ -62,7 +62,8 @@ class Client:
         self.home.mkdir(parents=True, exist_ok=True)
         self.cache = BlockCache(self.home, cache_bytes)
         self.t = Transport(server_url, retries=retries, backoff=backoff, timeout=timeout, transport=transport)
-        self.t.token = self.cache.get_state("token")
+        if self.cache.get_state("server") == self.t.server_url:  # a token is only good on its server
+            self.t.token = self.cache.get_state("token")
         self._inflight: dict[bytes, asyncio.Future[bytes]] = {}
 
     @property
@@ -86,6 +87,7 @@ class Client:
                                  json={"user": user, "password": password, "device": device})  # fmt: skip
         self.t.token = body["token"]
         self.cache.set_state("token", body["token"])
+        self.cache.set_state("server", self.t.server_url)
 
     # --- metadata ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import AsyncIterator
 
 import pytest
 from PIL import Image
@@ -111,6 +112,13 @@ async def test_bad_tokens_cursors_and_bodies_get_clear_errors(api_server: FerryS
         big = b"x" * (4 * 1024 * 1024 + 1)
         r = await http.put(f"/blocks/{hashlib.sha256(big).hexdigest()}", content=big)
         assert r.status_code == 413 and r.json()["code"] == "too_large"
+
+        async def endless() -> AsyncIterator[bytes]:  # chunked, no Content-Length: refused while streaming
+            for _ in range(100):
+                yield b"y" * (256 * 1024)
+
+        r = await http.put(f"/blocks/{'ab' * 32}", content=endless())
+        assert r.status_code == 413
         r = await http.put(f"/blocks/{hashlib.sha256(b'a').hexdigest()}", content=b"b")
         assert r.status_code == 400 and r.json()["code"] == "bad_block"
         r = await http.post("/commit", json={"path": "/a", "parent": None, "size": 1, "mtime_ns": 0,

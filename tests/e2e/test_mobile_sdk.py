@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from mobile_sdk import ApiError, Client, OfflineError, SyncClient
+from mobile_sdk import ApiError, Client, NotLoggedIn, OfflineError, SyncClient
 from mobile_sdk.transport import retry_delay
 from protocol.chunking import chunk_bytes
 from tests.e2e.api_support import add_user, api, api_server, token_for, upload
@@ -265,6 +265,11 @@ async def test_retries_honour_retry_after_and_give_up_offline(
         with pytest.raises(ApiError) as e:  # retries=1: the second 429 is the answer
             await c.list("/")
         assert e.value.status == 429
+    async with Client(
+        "http://127.0.0.1:9", tmp_path / "home"
+    ) as other:  # a token goes only to its own server
+        with pytest.raises(NotLoggedIn):
+            await other.list("/")
     for attempt in range(8):
         assert 0 <= retry_delay(attempt, None, 0.2, 10.0) <= min(10.0, 0.2 * 2**attempt)
     assert retry_delay(0, "7", 0.2, 10.0) >= 7.0 and retry_delay(0, "3600", 0.2, 10.0) == 60.0

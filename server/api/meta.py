@@ -10,7 +10,6 @@ a hint, so on waking it reads the head again and answers from that.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import orjson
 from starlette.requests import Request
@@ -182,13 +181,28 @@ async def wait_changes(request: Request, who: Principal, services: Services) -> 
                 ErrorCode.BAD_REQUEST, f"cursor is ahead of the namespace (head {head}); resync"
             )
         if head == seq:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woke.wait(), timeout)
+            await _park(request, woke, timeout)
             if woke.is_set():
                 ns, head = await _head(services, who, ns)
     finally:
         services.notifier.unsubscribe(ns, on_change)
     return ok({"changes": head > seq})
+
+
+async def _park(request: Request, woke: asyncio.Event, timeout: float) -> None:
+    """Wait for ``woke``, the timeout, or the client hanging up (a phone that
+    lost its network should not hold a parked request until the timeout)."""
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waits = {asyncio.ensure_future(woke.wait()), asyncio.ensure_future(hung_up())}
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 @authed

@@ -253,6 +253,22 @@ class Client:
                 return None
             raise
 
+    async def mkdir(self, path: str) -> Entry:
+        """Make a folder and any missing parents."""
+        return await self._change("/mkdir", {"path": validate_path(path)})
+
+    async def move(self, src: str, dst: str) -> Entry:
+        """Move or rename a file or a whole folder on the server."""
+        return await self._change("/move", {"src": validate_path(src), "dst": validate_path(dst)})
+
+    async def delete(self, path: str) -> Entry:
+        """Delete a file or a folder and everything in it (``restore`` brings it back)."""
+        return await self._change("/delete", {"path": validate_path(path)})
+
+    async def _change(self, route: str, body: dict[str, Any]) -> Entry:
+        # one key for every retry of this call: a retry after a lost reply is not a second change
+        return _entry((await self.t.json("POST", route, json={**body, "key": uuid.uuid4().hex}))["entry"])
+
     # --- pins ------------------------------------------------------------------------------
 
     async def pin(self, path: str) -> Entry:
@@ -315,5 +331,4 @@ class Client:
 
     async def restore(self, path: str, version: int | None = None) -> Entry:
         """Make ``version`` current again (a new version); without one, undelete ``path``."""
-        body = {"path": validate_path(path), "version": version, "key": uuid.uuid4().hex}
-        return _entry((await self.t.json("POST", "/restore", json=body))["entry"])
+        return await self._change("/restore", {"path": validate_path(path), "version": version})

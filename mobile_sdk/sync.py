@@ -94,6 +94,15 @@ class SyncClient:
     def upload(self, src: str | os.PathLike[str], path: str) -> Entry:
         return self._run(self.client.upload(src, path))
 
+    def mkdir(self, path: str) -> Entry:
+        return self._run(self.client.mkdir(path))
+
+    def move(self, src: str, dst: str) -> Entry:
+        return self._run(self.client.move(src, dst))
+
+    def delete(self, path: str) -> Entry:
+        return self._run(self.client.delete(path))
+
     def pin(self, path: str) -> Entry:
         return self._run(self.client.pin(path))
 

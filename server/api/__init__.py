@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from server.api import files, meta, thumbnails
+from server.api import files, meta, thumbnails, tree
 from server.api.common import API
 
 schemas = SchemaGenerator(
@@ -66,6 +66,9 @@ def routes() -> list[Route]:
         Route(f"{API}/blocks/{{hash}}", files.get_block),
         Route(f"{API}/blocks/{{hash}}", files.put_block, methods=["PUT"]),
         Route(f"{API}/commit", files.commit, methods=["POST"]),
+        Route(f"{API}/mkdir", tree.mkdir, methods=["POST"]),
+        Route(f"{API}/move", tree.move, methods=["POST"]),
+        Route(f"{API}/delete", tree.delete, methods=["POST"]),
         Route(f"{API}/thumbnail", thumbnails.thumbnail),
         Route(f"{API}/openapi.json", openapi),
     ]

@@ -14,6 +14,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -179,6 +180,27 @@ async def test_history_and_restore(api_server: FerryServer) -> None:
         assert (
             await http.post("/restore", json={"path": "/doc.txt", "version": 1})
         ).status_code == 400  # no key
+
+
+async def test_mkdir_move_delete_and_undelete(api_server: FerryServer) -> None:
+    token = await token_for(api_server, await add_user(api_server))
+    async with api(api_server, token) as http:
+
+        async def change(route: str, **body: object) -> httpx.Response:
+            return await http.post(route, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+
+        assert (await change("/mkdir", path="/a/b")).status_code == 200
+        v = (await upload(http, "/a/b/f.txt", b"f"))["entry"]["version"]
+        moved = await change("/move", src="/a", dst="/c")
+        assert moved.status_code == 200 and moved.json()["entry"]["path"] == "/c"
+        assert (await http.get("/download", params={"path": "/c/b/f.txt"})).content == b"f"
+        assert (await change("/move", src="/c/b/f.txt", dst="/c")).json()["code"] == "exists"
+        assert (await change("/delete", path="/c/b/f.txt", parent=v + 10**6)).json()["code"] == "conflict"
+        assert (await change("/delete", path="/c")).status_code == 200
+        assert (await http.get("/list", params={"path": "/"})).json()["entries"] == []
+        assert (await change("/restore", path="/c")).status_code == 200  # undelete, contents and all
+        assert (await http.get("/download", params={"path": "/c/b/f.txt"})).content == b"f"
+        assert (await http.post("/mkdir", json={"path": "/x"})).status_code == 400  # no idempotency key
 
 
 async def test_long_poll_wakes_within_200ms_of_another_devices_commit(api_server: FerryServer) -> None:

@@ -94,6 +94,15 @@ async def test_browse_and_metadata_only_changes(api_server: FerryServer, tmp_pat
         with pytest.raises(ApiError) as e:
             await c.stat("/nope")
         assert e.value.status == 404 and e.value.code == "not_found"
+        await c.mkdir("/empty/inner")
+        assert (await c.move("/docs", "/papers")).path == "/papers"
+        assert (await c.delete("/empty")).deleted
+        assert [e.path for e in await c.list("/")] == ["/papers"]
+        assert [e.path for e in await c.list("/papers")] == [
+            "/papers/a.txt",
+            "/papers/b.txt",
+            "/papers/c.txt",
+        ]
 
 
 async def test_lazy_reads_fetch_only_the_blocks_they_cover(api_server: FerryServer, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The Starlette application: WebSocket sync endpoint, HTTP login, health."""
+"""The Starlette application: WebSocket sync endpoint, HTTP API (``server.api``), health."""
 
 from __future__ import annotations
 
@@ -8,50 +8,19 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from protocol.errors import ErrorCode, ProtocolError
-from server import db, gc, ws
+from server import api, db, gc, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.metastore import MetaStore
 from server.notifier import Notifier
-from server.services import Services, translate_errors
+from server.services import Services
 
 log = logging.getLogger("ferry.app")
-MAX_LOGIN_BODY = 16 * 1024
-_STATUS = {ErrorCode.UNAUTHORIZED: 401, ErrorCode.BAD_REQUEST: 400, ErrorCode.UNAVAILABLE: 503}
-
-
-def error_response(e: ProtocolError) -> JSONResponse:
-    return JSONResponse({"error": e.code.value, "message": e.message}, status_code=_STATUS.get(e.code, 400))
-
-
-async def login(request: Request) -> Response:
-    """POST /api/v1/login {"user", "password", "device"} → {"token", "device_id", "user"}."""
-    services: Services = request.app.state.services
-    try:
-        body = await request.body()
-        if len(body) > MAX_LOGIN_BODY:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "request body too large")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "body must be JSON: {user, password, device}"
-            ) from None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("user", "password")):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be JSON: {user, password, device}")
-        device = str(data["device"]) if isinstance(data.get("device"), str) else "device"
-        with translate_errors():
-            token, device_id = await services.meta.login(data["user"], data["password"], device)
-    except ProtocolError as e:
-        return error_response(e)
-    return JSONResponse({"token": token, "device_id": device_id, "user": data["user"]})
 
 
 async def healthz(request: Request) -> Response:
@@ -95,7 +64,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
-            Route("/api/v1/login", login, methods=["POST"]),
+            *api.routes(),
             WebSocketRoute("/ws", ws.endpoint),
         ],
         lifespan=lifespan,

@@ -50,6 +50,15 @@ class Services:
             await self.blocks.put(h, data)  # verifies, then durable
             await self.meta.record_upload(who, h, len(data))
 
+    async def authenticate(self, authorization: str) -> Principal:
+        """Who sends this ``Authorization: Bearer <device token>`` header: the
+        one check the WebSocket upgrade and every HTTP API route make."""
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        if not token:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing device token; run `ferry login` first")
+        with translate_errors():
+            return await self.meta.authenticate(token)
+
     async def get_block(self, who: Principal, h: bytes) -> bytes:
         with translate_errors():
             if not await self.meta.can_read_block(who, h):

@@ -40,13 +40,8 @@ MAX_QUERY_HASHES = 20_000
 
 async def endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    header = websocket.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
     try:
-        if not token:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing device token; run `ferry login` first")
-        with translate_errors():
-            who = await services.meta.authenticate(token)
+        who = await services.authenticate(websocket.headers.get("authorization", ""))
     except ProtocolError as e:
         status = 401 if e.code == ErrorCode.UNAUTHORIZED else 503
         await websocket.send_denial_response(PlainTextResponse(e.message, status_code=status))

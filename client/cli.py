@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from client import history
+from client import history, share
 from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
 from client.memory import limit_malloc_arenas
 from client.transfer import Remote, download, stat_or_none, upload
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
     status.add_argument("--json", action="store_true")
     history.add_commands(sub, common)
+    share.add_commands(sub, common)
     return p
 
 
@@ -367,4 +368,5 @@ def _rm(remote: Remote, args: argparse.Namespace) -> Any:
 
 COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {
     "put": _put, "get": _get, "ls": _ls, "mkdir": _mkdir, "mv": _mv, "rm": _rm, **history.COMMANDS,
+    **share.COMMANDS,
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The Starlette application: WebSocket sync endpoint, HTTP login, health."""
+"""The Starlette application: WebSocket sync endpoint, HTTP login, read-only links, health."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from protocol.errors import ErrorCode, ProtocolError
-from server import db, gc, ws
+from server import db, gc, links, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.metastore import MetaStore
@@ -96,6 +96,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/api/v1/login", login, methods=["POST"]),
+            Route("/s/{token}", links.serve, methods=["GET", "HEAD"]),
             WebSocketRoute("/ws", ws.endpoint),
         ],
         lifespan=lifespan,

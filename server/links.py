@@ -71,7 +71,9 @@ async def serve(request: Request) -> Response:
     if entry is None:
         return _not_found()
     if entry.kind == "dir":
-        name = name_of(entry.path) if entry.path != "/" else await _folder_name(services, link["namespace_id"])
+        name = (
+            name_of(entry.path) if entry.path != "/" else await _folder_name(services, link["namespace_id"])
+        )
         return StreamingResponse(
             _zip(services, link["namespace_id"], entry, name),
             media_type="application/zip",

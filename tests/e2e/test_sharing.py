@@ -39,7 +39,9 @@ def put(dev: Device, tmp_path: Path, remote: str, data: bytes) -> None:
 
 
 def get(dev: Device, tmp_path: Path, remote: str) -> bytes:
-    out = tmp_path / ("got-" + hashlib.sha256(remote.encode() + str(time.monotonic()).encode()).hexdigest()[:16])
+    out = tmp_path / (
+        "got-" + hashlib.sha256(remote.encode() + str(time.monotonic()).encode()).hexdigest()[:16]
+    )
     dev.run("get", remote, str(out), "-q", check=True)
     return out.read_bytes()
 
@@ -51,14 +53,16 @@ def invitation(dev: Device) -> int:
 
 
 @pytest.fixture
-def trio(make_server: Callable[..., FerryServer], tmp_path: Path) -> tuple[FerryServer, Device, Device, Device]:
+def trio(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> tuple[FerryServer, Device, Device, Device]:
     server = make_server("file")
     alice, bob, carol = users(server, tmp_path, "alice", "bob", "carol")
     return server, alice, bob, carol
 
 
 def test_share_accept_roles_revoke_leave(trio, tmp_path: Path) -> None:
-    server, alice, bob, carol = trio
+    _server, alice, bob, carol = trio
     put(alice, tmp_path, "/Team/plan.txt", b"v1 by alice")
     put(alice, tmp_path, "/Team/docs/deck.pdf", b"%PDF deck")
     put(alice, tmp_path, "/private.txt", b"mine")
@@ -131,7 +135,7 @@ def test_share_accept_roles_revoke_leave(trio, tmp_path: Path) -> None:
 
 
 def test_share_refuses_what_it_cannot_do(trio, tmp_path: Path) -> None:
-    server, alice, bob, carol = trio
+    _server, alice, bob, _carol = trio
     put(alice, tmp_path, "/file.txt", b"x")
     put(alice, tmp_path, "/A/B/c.txt", b"c")
     for args, why in [
@@ -158,7 +162,7 @@ def test_share_refuses_what_it_cannot_do(trio, tmp_path: Path) -> None:
 
 
 def test_links_file_range_folder_zip_expiry_revoke(trio, tmp_path: Path) -> None:
-    server, alice, bob, carol = trio
+    server, alice, bob, _carol = trio
     data = random.Random(5).randbytes(3 * 1024 * 1024 + 17)  # several blocks
     put(alice, tmp_path, "/Team/deck.pdf", data)
     put(alice, tmp_path, "/Team/notes/a.txt", b"alpha")
@@ -184,7 +188,12 @@ def test_links_file_range_folder_zip_expiry_revoke(trio, tmp_path: Path) -> None
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         assert z.testzip() is None
-        assert sorted(z.namelist()) == ["Team/deck.pdf", "Team/notes/", "Team/notes/a.txt", "Team/notes/empty.txt"]
+        assert sorted(z.namelist()) == [
+            "Team/deck.pdf",
+            "Team/notes/",
+            "Team/notes/a.txt",
+            "Team/notes/empty.txt",
+        ]
         assert z.read("Team/deck.pdf") == data and z.read("Team/notes/a.txt") == b"alpha"
         assert z.read("Team/notes/empty.txt") == b""
 
@@ -208,9 +217,11 @@ def test_links_file_range_folder_zip_expiry_revoke(trio, tmp_path: Path) -> None
 
 
 def test_link_password_and_rate_limit(trio, tmp_path: Path) -> None:
-    server, alice, bob, carol = trio
+    _server, alice, _bob, _carol = trio
     put(alice, tmp_path, "/secret.txt", b"the secret")
-    url = alice.run("link", "create", "/secret.txt", "--password-stdin", stdin="open sesame\n", check=True).stdout.strip()
+    url = alice.run(
+        "link", "create", "/secret.txt", "--password-stdin", stdin="open sesame\n", check=True
+    ).stdout.strip()
     r = httpx.get(url)
     assert r.status_code == 401 and "basic" in r.headers["www-authenticate"].lower()
     assert httpx.get(url, auth=("", "open sesame")).content == b"the secret"
@@ -225,7 +236,7 @@ def test_link_password_and_rate_limit(trio, tmp_path: Path) -> None:
 
 
 def test_quota_refuses_a_commit_and_counts_shared_folders(trio, tmp_path: Path) -> None:
-    server, alice, bob, carol = trio
+    server, alice, bob, _carol = trio
     r = server.admin("quota", "alice", "1MiB")
     assert r.returncode == 0, r.stderr
     assert as_json(alice.run("quota", "--json")) == {"used": 0, "quota": 1024 * 1024}

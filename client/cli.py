@@ -297,11 +297,19 @@ async def _sync(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
+            held = folder.get("not_uploaded") or {}
+            for path, why in held.items():
+                print(f"ferry: {path}: {why}", file=sys.stderr)
             waiting = folder.get("deletions_waiting")
             if waiting:
                 print(f"ferry: {waiting} local deletions not applied on the server; "
                       "run `ferry sync --once --confirm-deletes` if they were meant", file=sys.stderr)  # fmt: skip
-            print(f"{args.folder}: up to date")
+            if any("quota" in why for why in held.values()):
+                return EXIT_ERROR  # the user must free space (or get more) for these to sync
+            print(
+                f"{args.folder}: up to date"
+                + (f" ({len(held)} local changes kept here only)" if held else "")
+            )
             return 0
         print(f"syncing {args.folder.resolve()} with {creds.server} (Ctrl-C to stop)", file=sys.stderr)
         await engine.sync_forever(args.folder, home, creds, args.confirm_deletes)
@@ -335,6 +343,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  conflict: {c}")
         for k, why in f.get("skipped", {}).items():
             print(f"  skipped: {k}: {why}")
+        for k, why in (f.get("not_uploaded") or {}).items():
+            print(f"  kept here, {why}: {k}")
     return 0
 
 

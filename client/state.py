@@ -105,8 +105,9 @@ class State:
 
     # --- remote tree -------------------------------------------------------------
 
-    def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
-        """Fold journal entries into the remote tree and advance the cursor, atomically."""
+    def apply_changes(self, entries: Iterable[m.Entry], cursor: int, cursor_key: str = "cursor") -> None:
+        """Fold journal entries into the remote tree and advance the cursor (of
+        their namespace: ``cursor_key``), atomically."""
         with self._tx(("remote",)):
             for e in entries:
                 # the same file at another path means it moved there
@@ -118,11 +119,13 @@ class State:
                         "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
                         (e.path, e.file_id, orjson.dumps(to_wire(e))),
                     )
-            self.put("cursor", str(cursor))
+            self.put(cursor_key, str(cursor))
 
     def reset_remote(self) -> None:
+        """Forget the remote tree: every namespace's journal is read again from the start."""
         with self._tx(("remote",)):
             self.db.execute("DELETE FROM remote")
+            self.db.execute("DELETE FROM meta WHERE key LIKE 'cursor%' OR key = 'mounts'")
             self.put("cursor", "0")
 
     def remote_entry(self, path: str) -> m.Entry | None:

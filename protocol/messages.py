@@ -613,6 +613,22 @@ class QuotaReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ListNamespaces(Message):
+    """The namespaces visible now, as in ``welcome`` (a syncing client asks
+    after each pull of the root journal: see ``client.mounts``)."""
+
+    TYPE: ClassVar[str] = "list_namespaces"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceList(Message):
+    TYPE: ClassVar[str] = "namespace_list"
+    id: int
+    namespaces: list[NamespaceInfo]
+
+
+@dataclass(frozen=True, slots=True)
 class NamespacesChanged(Message):
     """Push: the namespaces visible to this user changed (a folder was shared
     with them, they left, or were removed). The full list, as in ``welcome``."""
@@ -628,6 +644,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     History, GetVersion, ListDeleted, Snapshot, Restore, Rewind,
     Versions, VersionReply, DeletedListing, SnapshotListing, Restored,
     Share, Unshare, ListInvitations, Accept, Leave, ListMembers, CreateLink, ListLinks, RevokeLink, GetQuota,
-    Shared, Invitations, Members, LinkCreated, Links, QuotaReply, NamespacesChanged,
+    Shared, Invitations, Members, LinkCreated, Links, QuotaReply, NamespacesChanged, ListNamespaces,
+    NamespaceList,
 )  # fmt: skip
 BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

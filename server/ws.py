@@ -300,6 +300,8 @@ class Session:
             match msg:
                 case m.Ping(id=i):
                     return m.Pong(i)
+                case m.ListNamespaces(id=i):
+                    return m.NamespaceList(i, await meta.namespaces(who))
                 case m.Stat(id=i, path=p, ns=ns):
                     return m.EntryReply(i, await meta.stat(who, validate_path(p), ns))
                 case m.ListFolder(id=i, path=p, ns=ns, after=after, limit=limit):

@@ -190,9 +190,9 @@ class Engine:
         kept: list[p.Action] = []
         now = time.monotonic()
         for action in actions:
-            path = mounts.held_back(action, self.spaces)
-            if path is not None:
-                held[path] = "not uploaded: you may only read this shared folder (viewer)"
+            refused = mounts.held_back(action, self.spaces)
+            if refused is not None:
+                held[refused[0]] = refused[1]
             elif isinstance(action, p.Upload) and self._over_quota.get(action.path, 0) > now:
                 held[action.path] = "not uploaded: storage quota exceeded"
             else:

@@ -19,8 +19,8 @@ Rules kept here (pure functions, no I/O):
 - a mount that disappears (revoked, left) is forgotten from the remote and
   synced trees: its files stay on disk as plain local files of the user's
   own tree (and sync as such);
-- under a viewer's mount, nothing local is sent: those actions are held back
-  and reported.
+- under a viewer's mount, nothing local is sent, and a mount point is never
+  deleted or moved on the server: those actions are held back and reported.
 """
 
 from __future__ import annotations
@@ -57,19 +57,26 @@ def mount_point(info: m.NamespaceInfo) -> m.Entry:
     return m.Entry(info.path, "dir", file_id=-info.ns, version=-info.ns)
 
 
-def held_back(action: p.Action, spaces: list[m.NamespaceInfo]) -> str | None:
-    """The path of ``action`` if it would change a folder the user may only read."""
+def held_back(action: p.Action, spaces: list[m.NamespaceInfo]) -> tuple[str, str] | None:
+    """(path, why) if ``action`` would change a folder the user may only read,
+    or remove or move a shared folder's mount point (that is ``ferry leave``)."""
     match action:
-        case p.Upload(path=path) | p.MkdirRemote(path=path) | p.DeleteRemote(path=path):
-            paths = [path]
+        case p.Upload(path=path) | p.MkdirRemote(path=path):
+            paths, moving = [path], False
+        case p.DeleteRemote(path=path):
+            paths, moving = [path], True
         case p.MoveRemote(src=src, dst=dst):
-            paths = [src, dst]
+            paths, moving = [src, dst], True
         case _:
             return None
     for path in paths:
         info = mount_of(path, spaces)
-        if info is not None and info.role == "viewer":
-            return path
+        if info is None:
+            continue
+        if info.role == "viewer":
+            return path, "not uploaded: you may only read this shared folder (viewer)"
+        if moving and info.path == path and path != "/":
+            return path, "not changed on the server: a shared folder is removed with `ferry leave`"
     return None
 
 

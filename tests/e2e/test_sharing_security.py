@@ -6,13 +6,16 @@ written by hand (no client code), as any client would send them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -235,3 +238,62 @@ async def test_revoke_pushes_the_new_namespace_list(world: Any) -> None:
             assert [n.path for n in msg.namespaces] == ["/"]
             return
     raise AssertionError("bob's session was not told")
+
+
+async def _link(w: World, **kw: Any) -> tuple[str, m.LinkCreated]:
+    made = await call(w.alice, m.CreateLink(nid(), "/Team/secret.txt", **kw))
+    assert isinstance(made, m.LinkCreated), made
+    return f"{w.server.url}/s/{made.token}", made
+
+
+async def test_revoked_link_is_404_at_once(world: Any) -> None:
+    w = await world()
+    url, made = await _link(w)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == SECRET
+        # only its owner can revoke it: to anyone else it does not exist
+        err(await call(w.bob, m.RevokeLink(nid(), made.info.link)), ErrorCode.NOT_FOUND)
+        assert isinstance(await call(w.alice, m.RevokeLink(nid(), made.info.link)), m.Ok)
+        r = await http.get(url)
+        assert (r.status_code, r.text) == (404, "not found")
+        r = await http.get(url, headers={"Range": "bytes=0-3"})
+        assert (r.status_code, r.text) == (404, "not found")
+
+
+async def test_expired_link_is_404(world: Any) -> None:
+    w = await world()
+    url, _ = await _link(w, expires_s=1)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == SECRET
+        await asyncio.sleep(1.2)
+        r = await http.get(url)
+    assert (r.status_code, r.text) == (404, "not found")
+
+
+async def test_wrong_link_password_is_rate_limited(world: Any) -> None:
+    w = await world()
+    url, made = await _link(w, password="hunter2")
+    assert made.info.password
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).status_code == 401
+        for _ in range(5):
+            assert (await http.get(url, auth=("", "wrong"))).status_code == 401
+        for password in ("wrong", "hunter2"):
+            r = await http.get(url, auth=("", password))
+            assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    # the database holds the count, so every server process sees it
+    assert "too many" in r.text
+
+
+async def test_link_tokens_are_random_and_stored_hashed(world: Any) -> None:
+    w = await world()
+    _, made = await _link(w)
+    token = made.token
+    assert len(token) >= 32 and token.startswith("fl_")
+    conn = await asyncpg.connect(w.server.database_url)
+    try:
+        stored = await conn.fetchval("SELECT token_hash FROM links")
+        everything = str(await conn.fetch("SELECT * FROM links"))
+    finally:
+        await conn.close()
+    assert bytes(stored) == hashlib.sha256(token.encode()).digest() and token not in everything

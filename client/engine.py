@@ -156,7 +156,11 @@ class Engine:
             except ProtocolError as e:
                 if e.code == ErrorCode.BAD_REQUEST and "cursor" in e.message:
                     log.warning("server rejected our cursor (%s); full resync of the remote tree", e.message)
-                    self.state.reset_remote()  # the whole journal is re-read before any planning
+                    # the whole journal is re-read before any planning (the root's: every namespace's)
+                    if info.path == "/":
+                        self.state.reset_remote()
+                    else:
+                        self.state.reset_remote_under(info.path, key)
                     continue
                 if e.code == ErrorCode.NOT_FOUND and info.path != "/":
                     return  # removed from the folder meanwhile: the next pull forgets it

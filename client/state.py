@@ -128,6 +128,14 @@ class State:
             self.db.execute("DELETE FROM meta WHERE key LIKE 'cursor%' OR key = 'mounts'")
             self.put("cursor", "0")
 
+    def reset_remote_under(self, path: str, cursor_key: str) -> None:
+        """Forget the remote tree below ``path`` (a shared folder's mount point,
+        kept): that namespace's journal is read again from the start."""
+        lo, hi = _below(path)
+        with self._tx(("remote",)):
+            self.db.execute("DELETE FROM remote WHERE path > ? AND path < ?", (lo, hi))
+            self.put(cursor_key, "0")
+
     def remote_entry(self, path: str) -> m.Entry | None:
         row = self.db.execute("SELECT entry FROM remote WHERE path = ?", (path,)).fetchone()
         return from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None

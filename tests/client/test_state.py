@@ -59,3 +59,17 @@ def test_a_failed_transaction_leaves_reads_consistent(tmp_path: Path) -> None:
         pass
     assert list(s.remote_tree()) == ["/a"]  # rolled back, and read again from the database
     s.close()
+
+
+def test_each_namespace_has_its_cursor_and_resets_alone(tmp_path: Path) -> None:
+    s = State(tmp_path / "state.db")
+    s.apply_changes([entry("/a", 1, 10)], 5)
+    s.apply_changes([m.Entry("/Team", "dir", -7, -7), entry("/Team/b", 2, 11)], 3, "cursor:7")
+    assert (s.get("cursor"), s.get("cursor:7")) == ("5", "3")
+    s.reset_remote_under("/Team", "cursor:7")
+    assert sorted(s.remote_tree()) == ["/Team", "/a"] and (s.get("cursor"), s.get("cursor:7")) == ("5", "0")
+    s.put("mounts", '{"7": "/Team"}')
+    s.reset_remote()
+    assert s.remote_tree() == {} and s.get("cursor") == "0"
+    assert s.get("cursor:7") is None and s.get("mounts") is None
+    s.close()

@@ -55,7 +55,7 @@ async def serve(request: Request) -> Response:
     try:
         with translate_errors():
             link = await services.meta.pool.fetchrow(
-                "SELECT namespace_id, link_id, path, password_hash, failures, failures_from FROM links"
+                "SELECT namespace_id, link_id, path, password_hash FROM links"
                 " WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
                 link_digest(token),
             )
@@ -102,31 +102,38 @@ def _password(request: Request) -> str | None:
 
 
 async def _check_password(services: Services, link: Any, password: str | None) -> Response | None:
-    """None if the password is right; else the response that refuses it."""
+    """None if the password is right; else the response that refuses it.
+
+    Each attempt first takes one of the window's ``MAX_FAILURES`` tries in one
+    atomic update (so parallel guesses cannot all slip in before the count
+    moves), and a right password gives it back."""
     ask = {"WWW-Authenticate": 'Basic realm="ferry link", charset="UTF-8"', "Cache-Control": "no-store"}
     if password is None:
         return PlainTextResponse("this link needs a password", status_code=401, headers=ask)
-    now = datetime.now(UTC)
-    since = link["failures_from"]
-    if link["failures"] >= MAX_FAILURES and since is not None and since > now - FAILURE_WINDOW:
-        wait = int((since + FAILURE_WINDOW - now).total_seconds()) + 1
-        return PlainTextResponse(
-            "too many wrong passwords; try again later", status_code=429, headers={"Retry-After": str(wait)}
-        )
-    if await asyncio.to_thread(auth.verify_password, link["password_hash"], password):
-        return None
-    await services.meta.pool.execute(
+    pool, key = services.meta.pool, (link["namespace_id"], link["link_id"])
+    tries = await pool.fetchrow(
         "UPDATE links SET"
         " failures = CASE WHEN failures_from IS NULL OR failures_from <= now() - $3::interval"
         "   THEN 1 ELSE failures + 1 END,"
         " failures_from = CASE WHEN failures_from IS NULL OR failures_from <= now() - $3::interval"
         "   THEN now() ELSE failures_from END"
-        " WHERE namespace_id = $1 AND link_id = $2",
-        link["namespace_id"],
-        link["link_id"],
+        " WHERE namespace_id = $1 AND link_id = $2 RETURNING failures, failures_from",
+        *key,
         FAILURE_WINDOW,
     )
-    return PlainTextResponse("wrong password", status_code=401, headers=ask)
+    if tries["failures"] > MAX_FAILURES:
+        wait = int((tries["failures_from"] + FAILURE_WINDOW - datetime.now(UTC)).total_seconds()) + 1
+        return PlainTextResponse(
+            "too many wrong passwords; try again later",
+            status_code=429,
+            headers={"Retry-After": str(max(wait, 1))},
+        )
+    if not await asyncio.to_thread(auth.verify_password, link["password_hash"], password):
+        return PlainTextResponse("wrong password", status_code=401, headers=ask)
+    await pool.execute(
+        "UPDATE links SET failures = greatest(failures - 1, 0) WHERE namespace_id = $1 AND link_id = $2", *key
+    )
+    return None
 
 
 async def _head(services: Services, ns: int, path: str) -> Entry | None:

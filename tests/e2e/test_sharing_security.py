@@ -297,3 +297,15 @@ async def test_link_tokens_are_random_and_stored_hashed(world: Any) -> None:
     finally:
         await conn.close()
     assert bytes(stored) == hashlib.sha256(token.encode()).digest() and token not in everything
+
+
+async def test_parallel_password_guesses_get_no_more_tries(world: Any) -> None:
+    w = await world()
+    url, _ = await _link(w, password="hunter2")
+    async with httpx.AsyncClient() as http:
+        # right passwords give their try back: downloads by those who know it never lock the link
+        for _ in range(8):
+            assert (await http.get(url, auth=("", "hunter2"))).content == SECRET
+        answers = await asyncio.gather(*(http.get(url, auth=("", f"guess{i}")) for i in range(20)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(401) == 5 and codes.count(429) == 15, codes

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from client import history
+from client import history, share
 from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
 from client.memory import limit_malloc_arenas
 from client.transfer import Remote, download, stat_or_none, upload
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
     status.add_argument("--json", action="store_true")
     history.add_commands(sub, common)
+    share.add_commands(sub, common)
     return p
 
 
@@ -296,11 +297,19 @@ async def _sync(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
+            held = folder.get("not_uploaded") or {}
+            for path, why in held.items():
+                print(f"ferry: {path}: {why}", file=sys.stderr)
             waiting = folder.get("deletions_waiting")
             if waiting:
                 print(f"ferry: {waiting} local deletions not applied on the server; "
                       "run `ferry sync --once --confirm-deletes` if they were meant", file=sys.stderr)  # fmt: skip
-            print(f"{args.folder}: up to date")
+            if any("quota" in why for why in held.values()):
+                return EXIT_ERROR  # the user must free space (or get more) for these to sync
+            print(
+                f"{args.folder}: up to date"
+                + (f" ({len(held)} local changes kept here only)" if held else "")
+            )
             return 0
         print(f"syncing {args.folder.resolve()} with {creds.server} (Ctrl-C to stop)", file=sys.stderr)
         await engine.sync_forever(args.folder, home, creds, args.confirm_deletes)
@@ -334,6 +343,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  conflict: {c}")
         for k, why in f.get("skipped", {}).items():
             print(f"  skipped: {k}: {why}")
+        for k, why in (f.get("not_uploaded") or {}).items():
+            print(f"  kept here, {why}: {k}")
     return 0
 
 
@@ -367,4 +378,5 @@ def _rm(remote: Remote, args: argparse.Namespace) -> Any:
 
 COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {
     "put": _put, "get": _get, "ls": _ls, "mkdir": _mkdir, "mv": _mv, "rm": _rm, **history.COMMANDS,
+    **share.COMMANDS,
 }  # fmt: skip

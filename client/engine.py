@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from client import durable, names
+from client import durable, mounts, names
 from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
@@ -94,6 +94,8 @@ class Engine:
                                        "bytes_left": 0, "last_error": None, "conflicts": [], "skipped": {},
                                        "deletions_waiting": 0, "peers": []}  # fmt: skip
         self.errors: list[str] = []
+        self.spaces: list[m.NamespaceInfo] = []  # the namespaces in the tree (client.mounts)
+        self._over_quota: dict[str, float] = {}  # path -> until when its upload is not retried
         self._scan: Scan = Scan()
         # live mode: the watcher notes what changed, so a cycle re-checks only that
         self._dirty: set[str] = set()  # disk paths changed since the last scan
@@ -133,26 +135,85 @@ class Engine:
     # --- one cycle ----------------------------------------------------------------
 
     async def pull(self) -> None:
-        """Fold the server's journal since our cursor into the remote tree."""
+        """Fold the server's journals since our cursors into the remote tree: the
+        root namespace's, then (listed after it: see :mod:`client.mounts`) each
+        shared folder's."""
 
         async def pull_all(conn: Any) -> None:
-            while True:
-                since = int(self.state.get("cursor", "0") or 0)
-                try:
-                    reply = await conn.call(lambda i, s=since: m.ListChanges(i, s, conn.root_ns), m.Changes)
-                except ProtocolError as e:
-                    if e.code == ErrorCode.BAD_REQUEST and "cursor" in e.message:
-                        log.warning(
-                            "server rejected our cursor (%s); full resync of the remote tree", e.message
-                        )
-                        self.state.reset_remote()  # the whole journal is re-read before any planning
-                        continue
-                    raise
-                self.state.apply_changes(reply.entries, reply.cursor)
-                if not reply.has_more:
-                    return
+            listed = await conn.call(lambda i: m.ListNamespaces(i), m.NamespaceList)
+            root = next(n for n in listed.namespaces if n.path == "/")
+            await self._pull_namespace(conn, root, listed.namespaces)
+            listed = await conn.call(lambda i: m.ListNamespaces(i), m.NamespaceList)
+            self._mount(listed.namespaces)
+            for info in listed.namespaces:
+                if info.path != "/":
+                    await self._pull_namespace(conn, info, listed.namespaces)
+            self.spaces = listed.namespaces
 
         await self.remote.run(pull_all)
+
+    async def _pull_namespace(self, conn: Any, info: m.NamespaceInfo, spaces: list[m.NamespaceInfo]) -> None:
+        key = mounts.cursor_key(info)
+        while True:
+            since = int(self.state.get(key, "0") or 0)
+            try:
+                reply = await conn.call(lambda i, s=since: m.ListChanges(i, s, info.ns), m.Changes)
+            except ProtocolError as e:
+                if e.code == ErrorCode.BAD_REQUEST and "cursor" in e.message:
+                    log.warning("server rejected our cursor (%s); full resync of the remote tree", e.message)
+                    # the whole journal is re-read before any planning (the root's: every namespace's)
+                    if info.path == "/":
+                        self.state.reset_remote()
+                    else:
+                        self.state.reset_remote_under(info.path, key)
+                    continue
+                if e.code == ErrorCode.NOT_FOUND and info.path != "/":
+                    return  # removed from the folder meanwhile: the next pull forgets it
+                raise
+            self.state.apply_changes(mounts.outward(reply.entries, info, spaces), reply.cursor, key)
+            if not reply.has_more:
+                return
+
+    def _mount(self, spaces: list[m.NamespaceInfo]) -> None:
+        """Forget shared folders no longer visible (their files stay on disk, now
+        plain files of the user's own tree); add the mount point of new ones."""
+        known: dict[str, str] = orjson.loads(self.state.get("mounts") or "{}")
+        now = {str(n.ns): n.path for n in spaces if n.path != "/"}
+        for ns, path in known.items():
+            if now.get(ns) != path:
+                log.info("%s is no longer shared with you; its files stay here as your own", path)
+                self.state.forget(path)
+                self.state.put(f"cursor:{ns}", "0")
+        for info in spaces:
+            if info.path != "/" and known.get(str(info.ns)) != info.path:
+                key = mounts.cursor_key(info)
+                self.state.apply_changes([mounts.mount_point(info)], int(self.state.get(key, "0") or 0), key)
+        if now != known:
+            self.state.put("mounts", orjson.dumps(now).decode())
+
+    def _hold_back(self, actions: list[p.Action]) -> list[p.Action]:
+        """Leave out changes the server would refuse: in a folder shared with us
+        read-only, or uploads that just went over the quota (retried a minute
+        later). They are kept on disk and listed in the status."""
+        held: dict[str, str] = {}
+        kept: list[p.Action] = []
+        now = time.monotonic()
+        for action in actions:
+            refused = mounts.held_back(action, self.spaces)
+            if refused is not None:
+                held[refused[0]] = refused[1]
+            elif isinstance(action, p.Upload) and self._over_quota.get(action.path, 0) > now:
+                held[action.path] = "not uploaded: storage quota exceeded"
+            else:
+                kept.append(action)
+        self.status["not_uploaded"] = held
+        return kept
+
+    def _refused(self, paths: list[str], e: ProtocolError) -> None:
+        if e.code == ErrorCode.QUOTA_EXCEEDED:
+            for path in paths:
+                self._over_quota[path] = time.monotonic() + 60
+                self.status.setdefault("not_uploaded", {})[path] = f"not uploaded: {e.message}"
 
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
@@ -172,7 +233,7 @@ class Engine:
                 for key in [k for k in tree if k == skipped or k.startswith(skipped.rstrip("/") + "/")]:
                     del tree[key]
         actions = p.plan(local, remote, synced, self.conflict_name)
-        actions = self._guard_mass_delete(actions, synced)
+        actions = self._hold_back(self._guard_mass_delete(actions, synced))
         self._touched(actions)
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
         self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
@@ -307,17 +368,25 @@ class Engine:
         return singles, batches
 
     async def _attempt_batch(self, batch: list[p.Upload] | list[p.Download]) -> None:
-        try:
-            if isinstance(batch[0], p.Upload):
-                await self._upload_batch(batch)
-            else:
-                await self._download_batch(batch)
-        except ConnectionLost:
-            raise
-        except (ProtocolError, OSError) as e:
-            message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
-            log.warning("%s of %d files: %s", type(batch[0]).__name__.lower(), len(batch), message)
-            self.status["last_error"] = message
+        groups: list[list[p.Upload] | list[p.Download]] = [batch]
+        if isinstance(batch[0], p.Upload):  # a commit batch stays in one namespace
+            ups: list[p.Upload] = batch
+            groups = [[ups[i] for i in group]
+                      for group in mounts.group_by_namespace([a.path for a in ups], self.spaces).values()]  # fmt: skip
+        for group in groups:
+            try:
+                if isinstance(group[0], p.Upload):
+                    await self._upload_batch(group)
+                else:
+                    await self._download_batch(group)
+            except ConnectionLost:
+                raise
+            except (ProtocolError, OSError) as e:
+                if isinstance(e, ProtocolError):
+                    self._refused([a.path for a in group], e)
+                message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+                log.warning("%s of %d files: %s", type(group[0]).__name__.lower(), len(group), message)
+                self.status["last_error"] = message
         self.status["pending"] -= len(batch)
 
     async def _upload_batch(self, batch: list[p.Upload]) -> None:
@@ -446,6 +515,8 @@ class Engine:
         except ConnectionLost:
             raise
         except (ProtocolError, OSError) as e:
+            if isinstance(e, ProtocolError) and isinstance(action, p.Upload):
+                self._refused([action.path], e)
             message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
             log.warning("%s: %s", type(action).__name__, message)
             self.status["last_error"] = message

@@ -131,8 +131,9 @@ class State:
 
     # --- remote tree -------------------------------------------------------------
 
-    def apply_changes(self, entries: Iterable[m.Entry], cursor: int) -> None:
-        """Fold journal entries into the remote tree and advance the cursor, atomically."""
+    def apply_changes(self, entries: Iterable[m.Entry], cursor: int, cursor_key: str = "cursor") -> None:
+        """Fold journal entries into the remote tree and advance the cursor (of
+        their namespace: ``cursor_key``), atomically."""
         edits: list[_Edit] = []
         with self._tx(("remote",), edits):
             for e in entries:
@@ -150,12 +151,22 @@ class State:
                         (e.path, e.file_id, orjson.dumps(to_wire(e))),
                     )
                     edits += [("remote", e.path, node_of(e)), ("entries", e.path, e)]
-            self.put("cursor", str(cursor))
+            self.put(cursor_key, str(cursor))
 
     def reset_remote(self) -> None:
+        """Forget the remote tree: every namespace's journal is read again from the start."""
         with self._tx(("remote",)):
             self.db.execute("DELETE FROM remote")
+            self.db.execute("DELETE FROM meta WHERE key LIKE 'cursor%' OR key = 'mounts'")
             self.put("cursor", "0")
+
+    def reset_remote_under(self, path: str, cursor_key: str) -> None:
+        """Forget the remote tree below ``path`` (a shared folder's mount point,
+        kept): that namespace's journal is read again from the start."""
+        lo, hi = _below(path)
+        with self._tx(("remote",)):
+            self.db.execute("DELETE FROM remote WHERE path > ? AND path < ?", (lo, hi))
+            self.put(cursor_key, "0")
 
     def remote_entry(self, path: str) -> m.Entry | None:
         known = self._trees.get("entries", {}).get(path)

@@ -47,7 +47,7 @@ class Remote:
         self.creds = creds
         self.retry_for = retry_for
         self.conn: Connection | None = None
-        self.on_changed: Callable[[m.Changed], None] | None = None  # pushes, on every connection
+        self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None  # pushes
         self.on_closed: Callable[[], None] | None = None
 
     async def connection(self) -> Connection:

@@ -58,7 +58,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._window = asyncio.Semaphore(max(1, welcome.max_in_flight))
-        self.on_changed: Callable[[m.Changed], None] | None = None
+        self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None
         self.on_closed: Callable[[], None] | None = None
         self._closed_reason: str | None = None
         self._reader = asyncio.create_task(self._read_loop())
@@ -82,7 +82,7 @@ class Connection:
                     self._resolve(block.id, block)
                     continue
                 msg = framing.decode(frame)
-                if isinstance(msg, m.Changed):
+                if isinstance(msg, m.Changed | m.NamespacesChanged):
                     if self.on_changed:
                         self.on_changed(msg)
                     continue

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     MISSING_BLOCKS = "missing_blocks"  # commit names blocks the server lacks; detail lists them
     BAD_ENTRY = "bad_entry"  # impossible entry (size != sum of blocks, ...)
     TOO_LARGE = "too_large"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the change would take the owner over their storage quota
+    READ_ONLY = "read_only"  # a viewer of a shared folder tried to change it
     BUSY = "busy"  # too many requests in flight
     UNAVAILABLE = "unavailable"  # a store (database, S3) is unreachable; retry later
     INTERNAL = "internal"

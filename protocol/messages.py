@@ -450,11 +450,205 @@ class Restored(Message):
     changes: int | None = None  # journal entries the change wrote (None on a retried request)
 
 
+# --- sharing, links and quotas --------------------------------------------------
+#
+# A shared folder is its own namespace, mounted into each member's tree at a
+# path of their choosing (``NamespaceInfo.path``). Paths in these requests are
+# paths in the asking user's tree (mounts included); the server resolves them.
+
+
+@dataclass(frozen=True, slots=True)
+class Share(Message):
+    """Invite ``user`` to the folder at ``path`` with ``role`` (editor or viewer);
+    turns the folder into a shared folder first if it is not one yet. Asking
+    again for a member changes their role."""
+
+    TYPE: ClassVar[str] = "share"
+    id: int
+    path: str
+    user: str
+    role: Literal["editor", "viewer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unshare(Message):
+    """Remove ``user`` (a member or an invitee) from the shared folder at ``path``."""
+
+    TYPE: ClassVar[str] = "unshare"
+    id: int
+    path: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListInvitations(Message):
+    TYPE: ClassVar[str] = "list_invitations"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept(Message):
+    """Accept invitation ``invitation``, mounting the folder at ``path``
+    (``None``: its name at the root)."""
+
+    TYPE: ClassVar[str] = "accept"
+    id: int
+    invitation: int
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave(Message):
+    TYPE: ClassVar[str] = "leave"
+    id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListMembers(Message):
+    TYPE: ClassVar[str] = "list_members"
+    id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateLink(Message):
+    """A read-only link to the file or folder at ``path``."""
+
+    TYPE: ClassVar[str] = "create_link"
+    id: int
+    path: str
+    expires_s: int | None = None  # seconds from now; None: never
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListLinks(Message):
+    TYPE: ClassVar[str] = "list_links"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeLink(Message):
+    TYPE: ClassVar[str] = "revoke_link"
+    id: int
+    link: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetQuota(Message):
+    TYPE: ClassVar[str] = "get_quota"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    invitation: int
+    name: str  # the folder's name
+    owner: str
+    role: Literal["editor", "viewer"]
+    invited_ns: int  # server time of the invitation
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    user: str
+    role: Literal["owner", "editor", "viewer"]
+    pending: bool = False  # invited, not accepted yet
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    link: int
+    path: str  # in the creator's tree
+    expires_ns: int | None
+    password: bool
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shared(Message):
+    """Reply to :class:`Share`, :class:`Accept`: the shared folder's namespace
+    and where it is mounted for the asking user."""
+
+    TYPE: ClassVar[str] = "shared"
+    id: int
+    ns: int
+    path: str
+    role: Literal["owner", "editor", "viewer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Invitations(Message):
+    TYPE: ClassVar[str] = "invitations"
+    id: int
+    invitations: list[Invitation]
+
+
+@dataclass(frozen=True, slots=True)
+class Members(Message):
+    TYPE: ClassVar[str] = "members"
+    id: int
+    ns: int
+    members: list[Member]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCreated(Message):
+    TYPE: ClassVar[str] = "link_created"
+    id: int
+    token: str  # shown once: only its hash is stored
+    info: LinkInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Links(Message):
+    TYPE: ClassVar[str] = "links"
+    id: int
+    links: list[LinkInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaReply(Message):
+    TYPE: ClassVar[str] = "quota"
+    id: int
+    used: int  # bytes of the latest versions of files in namespaces the user owns
+    quota: int | None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class ListNamespaces(Message):
+    """The namespaces visible now, as in ``welcome`` (a syncing client asks
+    after each pull of the root journal: see ``client.mounts``)."""
+
+    TYPE: ClassVar[str] = "list_namespaces"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceList(Message):
+    TYPE: ClassVar[str] = "namespace_list"
+    id: int
+    namespaces: list[NamespaceInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacesChanged(Message):
+    """Push: the namespaces visible to this user changed (a folder was shared
+    with them, they left, or were removed). The full list, as in ``welcome``."""
+
+    TYPE: ClassVar[str] = "namespaces"
+    namespaces: list[NamespaceInfo]
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, Welcome, Ping, Stat, ListFolder, ListChanges, QueryBlocks, GetBlock, Commit, Mkdir, Move,
     Delete, Pong, Ok, EntryReply, Listing, Changes, BlocksMissing, Committed, Changed, Error,
     CommitBatch, CommittedBatch,
     History, GetVersion, ListDeleted, Snapshot, Restore, Rewind,
     Versions, VersionReply, DeletedListing, SnapshotListing, Restored,
+    Share, Unshare, ListInvitations, Accept, Leave, ListMembers, CreateLink, ListLinks, RevokeLink, GetQuota,
+    Shared, Invitations, Members, LinkCreated, Links, QuotaReply, NamespacesChanged, ListNamespaces,
+    NamespaceList,
 )  # fmt: skip
 BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

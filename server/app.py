@@ -1,4 +1,4 @@
-"""The Starlette application: WebSocket sync endpoint, HTTP API (``server.api``), health."""
+"""The Starlette application: WebSocket sync endpoint, HTTP API (``server.api``), read-only links, health."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, db, gc, ws
+from server import api, db, gc, links, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.metastore import MetaStore
@@ -65,6 +65,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             *api.routes(),
+            Route("/s/{token}", links.serve, methods=["GET", "HEAD"]),
             WebSocketRoute("/ws", ws.endpoint),
         ],
         lifespan=lifespan,

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from protocol.errors import ErrorCode, ProtocolError
-from server import admin_gc, db
+from server import admin_gc, db, sharing
 from server.config import Settings, add_serve_flags, add_server_flags, settings_from
 from server.metastore import MetaStore
 
@@ -43,8 +43,31 @@ def _parser() -> argparse.ArgumentParser:
     d_rev = device.add_parser("revoke", help="revoke a device's token (its live connections close)")
     d_rev.add_argument("device_id", type=int)
     add_server_flags(d_rev)
+    quota = admin.add_parser("quota", help="set a user's storage quota (bytes of latest versions they own)")
+    quota.add_argument("name")
+    quota.add_argument("size", type=parse_size, help="e.g. 50GiB, 500MB, 1048576, or 'none' for no limit")
+    add_server_flags(quota)
     admin_gc.add_commands(admin)
     return p
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int | None:
+    """``50GiB`` → bytes; ``none`` → None (no limit)."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    number = text.strip().rstrip("bBiIkKmMgGtT ")
+    unit = text.strip()[len(number) :].strip().upper()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 50GiB)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a quota cannot be negative")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +98,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
         pool = await db.create_pool(url, min_size=1, max_size=2)
         meta = MetaStore(pool)
         try:
-            match (args.what, args.action):
+            match (args.what, getattr(args, "action", None)):
                 case ("gc" | "fsck" | "retention", _):
                     return await admin_gc.command(args, pool, settings)
                 case ("user", "add"):
@@ -90,6 +113,10 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 case ("device", "list"):
                     for d in await meta.list_devices(args.user):
                         print(orjson.dumps(d).decode())
+                case ("quota", _):
+                    await sharing.set_quota(meta, args.name, args.size)
+                    limit = "no limit" if args.size is None else f"{args.size} bytes"
+                    print(f"quota of {args.name}: {limit}")
                 case ("device", "revoke"):
                     await meta.revoke_device(args.device_id)
                     print(f"device {args.device_id} revoked")

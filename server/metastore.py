@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -32,6 +32,7 @@ from server.coalesce import Coalescer
 NOTIFY_CHANNEL = "ferry_changes"
 MAX_BATCH = 1000
 DEVICES_CHANNEL = "ferry_devices"
+MEMBERS_CHANNEL = "ferry_members"  # payload: a user id whose visible namespaces changed
 _VERSION_COLS = (
     "v.version_id, v.file_id, v.path, v.kind, v.deleted, v.size, v.mtime_ns, v.executable,"
     " v.content_hash, v.block_hashes, v.block_sizes, v.created_at, d.name AS device_name"
@@ -220,7 +221,10 @@ class MetaStore:
     async def _writable(self, conn: Any, who: Principal, ns: int | None) -> int:
         ns, role = await self._role(conn, who, ns)
         if role == "viewer":
-            raise ProtocolError(ErrorCode.FORBIDDEN, "you may only read this folder (viewer)")
+            raise ProtocolError(
+                ErrorCode.READ_ONLY,
+                "you may only read this shared folder (viewer); your change was not saved",
+            )
         return ns
 
     # --- reads -----------------------------------------------------------------
@@ -518,6 +522,62 @@ class MetaStore:
 
         return await self._change(who, key, ns, change)
 
+    async def move_across(
+        self, who: Principal, key: str, src_ns: int | None, src: str, dst_ns: int | None, dst: str,
+        parent: int | None,
+    ) -> tuple[int, Entry]:  # fmt: skip
+        """Move ``src`` (a file or a folder with its contents) of one namespace to
+        ``dst`` of another: new files at ``dst`` (their history starts there; the
+        old one stays with the source namespace), deletions at ``src``, in one
+        transaction holding both namespaces' locks (taken in id order)."""
+        if not key or len(key) > 200:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "a change needs an idempotency key of 1-200 characters"
+            )
+        async with self.pool.acquire() as conn, conn.transaction():
+            a = await self._writable(conn, who, src_ns)
+            b = await self._writable(conn, who, dst_ns)
+            txs = {}
+            for ns in sorted({a, b}):
+                txs[ns] = await _Tx.begin(conn, who, ns)
+            done = await conn.fetchval(
+                "SELECT result FROM requests WHERE user_id = $1 AND key = $2", who.user_id, key
+            )
+            if done is not None:
+                return cast(tuple[int, Entry], _replay(done, Entry))
+            source, target = txs[a], txs[b]
+            used = await target.owner_usage()
+            head = await source.head(src)
+            if head is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"{src}: no such file or folder")
+            if parent is not None and head.version != parent:
+                raise _conflict(src, head, "changed on the server since your version")
+            if await target.head(dst) is not None:
+                raise ProtocolError(ErrorCode.EXISTS, f"{dst}: something is already there")
+            children = await source.subtree(src)
+            await target.ensure_folders(dst)
+            copies = await target.write_many(
+                [
+                    _NewVersion(None, dst + e.path[len(src) :], e.kind, e.size, e.mtime_ns, e.executable,
+                                e.content_hash, [x.hash for x in e.blocks or []], [x.size for x in e.blocks or []])
+                    for e in [head, *children]
+                ]
+            )  # fmt: skip
+            for child in reversed(children):
+                await source.write_from(child, path=child.path, deleted=True)
+            await source.write_from(head, path=src, deleted=True)
+            await target.check_quota(used)
+            await source.finish()
+            seq = await target.finish()
+            result = orjson.dumps({"seq": seq, "entry": framing.to_wire(copies[0])}).decode()
+            await conn.execute(
+                "INSERT INTO requests (user_id, key, result) VALUES ($1, $2, $3::jsonb)",
+                who.user_id,
+                key,
+                result,
+            )
+        return seq, copies[0]
+
     async def _change(
         self, who: Principal, key: str, ns: int | None, change: Any, result_type: Any = Entry
     ) -> tuple[int, Any]:
@@ -543,7 +603,9 @@ class MetaStore:
                         )
                         if done is not None:
                             return _replay(done, result_type)
+                        used = await tx.owner_usage()
                         entry = await change(tx)
+                        await tx.check_quota(used)
                         seq = await tx.finish()
                         result = orjson.dumps({"seq": seq, "entry": framing.to_wire(entry)}).decode()
                         await conn.execute(
@@ -662,6 +724,19 @@ class _NewVersion:
 _DUMMY_HASH = auth.hash_password("not a real password")
 
 
+async def usage(conn: Any, user_id: int) -> int:
+    """Bytes of the latest versions of every file in the namespaces ``user_id``
+    owns (their root and the folders they shared)."""
+    return int(
+        await conn.fetchval(
+            "SELECT coalesce(sum(v.size), 0) FROM namespaces n JOIN heads h ON h.namespace_id = n.namespace_id"
+            " JOIN versions v ON v.namespace_id = h.namespace_id AND v.version_id = h.version_id"
+            " WHERE n.owner_id = $1 AND h.kind = 'file'",
+            user_id,
+        )
+    )
+
+
 class _Tx:
     """One change transaction on one (locked) namespace."""
 
@@ -669,18 +744,65 @@ class _Tx:
         self.conn, self.who, self.ns = conn, who, ns
         self.start_seq = self.seq = seq
         self.now = now  # commit time of every row this change writes
+        self.owner = 0
+        # where shared folders are mounted in this (root) namespace: nothing may be written there
+        self.mounts: list[str] = []
+        self.quota: int | None = None
 
     @classmethod
     async def begin(cls, conn: Any, who: Principal, ns: int) -> _Tx:
         row = await conn.fetchrow(
-            "SELECT head_seq, last_commit_at, clock_timestamp() AS clock FROM namespaces"
-            " WHERE namespace_id = $1 FOR UPDATE",
+            "SELECT n.head_seq, n.last_commit_at, n.kind, n.owner_id, u.quota_bytes,"
+            " clock_timestamp() AS clock FROM namespaces n JOIN users u ON u.user_id = n.owner_id"
+            " WHERE n.namespace_id = $1 FOR UPDATE OF n",
             ns,
         )
         # strictly later than the previous change, so a time names one cut (server.versions)
         last = row["last_commit_at"]
         now = row["clock"] if last is None else max(row["clock"], last + timedelta(microseconds=1))
-        return cls(conn, who, ns, row["head_seq"], now)
+        tx = cls(conn, who, ns, row["head_seq"], now)
+        tx.owner, tx.quota = row["owner_id"], row["quota_bytes"]
+        if row["kind"] == "root":
+            tx.mounts = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT mount_path FROM members WHERE user_id = $1 AND namespace_id <> $2",
+                    row["owner_id"],
+                    ns,
+                )
+            ]
+        return tx
+
+    def check_path(self, path: str) -> None:
+        """Refuse a write at or under a shared folder's mount point in a root namespace:
+        that folder's contents live in its own namespace."""
+        for mount in self.mounts:
+            if is_within(path, mount):
+                raise ProtocolError(
+                    ErrorCode.BAD_PATH, f"{path}: {mount} is a shared folder; write into its namespace"
+                )
+
+    async def owner_usage(self) -> int | None:
+        """Bytes the namespace's owner uses now, if they have a quota (else None).
+        Locks the owner's row, so changes counted against one quota run one at a time."""
+        if self.quota is None:
+            return None
+        await self.conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", self.owner)
+        return await usage(self.conn, self.owner)
+
+    async def check_quota(self, before: int | None) -> None:
+        """After the change: refuse it (the caller rolls back) if it grew the owner's
+        bytes past the quota. A change that frees space is always allowed."""
+        if before is None or self.quota is None or self.seq == self.start_seq:
+            return
+        after = await usage(self.conn, self.owner)
+        if after > before and after > self.quota:
+            raise ProtocolError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"storage quota exceeded: this change needs {after - before} more bytes, "
+                f"{max(self.quota - before, 0)} of {self.quota} are free; delete files or ask for more space",
+                {"quota": self.quota, "used": before, "needed": after - before},
+            )
 
     async def head(self, path: str) -> Entry | None:
         row = await self.conn.fetchrow(
@@ -769,6 +891,7 @@ class _Tx:
         old_path: str | None = None,
     ) -> Entry:
         """Append one version + journal row and move the head."""
+        self.check_path(path)
         self.seq += 1
         row = await self.conn.fetchrow(
             "WITH n AS (SELECT nextval('ids') AS version_id),"
@@ -829,6 +952,8 @@ class _Tx:
         count. Each file id at most once (no path written twice)."""
         if not new:
             return []
+        for w in new:
+            self.check_path(w.path)
         conn, ns = self.conn, self.ns
         ids = sorted(
             r[0] for r in await conn.fetch("SELECT nextval('ids') FROM generate_series(1, $1)", len(new))

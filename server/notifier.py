@@ -1,7 +1,8 @@
 """Fans PostgreSQL NOTIFYs out to this process's connected devices.
 
 Commits ``NOTIFY ferry_changes '<ns>:<seq>'`` inside their transaction, so a
-notice exists only for committed data; revocations notify ``ferry_devices``.
+notice exists only for committed data; revocations notify ``ferry_devices``;
+changes of who may see which shared folder notify ``ferry_members``.
 Every server process LISTENs on one dedicated connection. Notices are hints:
 a device that misses one catches up from its cursor.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from server.metastore import DEVICES_CHANNEL, NOTIFY_CHANNEL
+from server.metastore import DEVICES_CHANNEL, MEMBERS_CHANNEL, NOTIFY_CHANNEL
 
 log = logging.getLogger("ferry.notifier")
 ChangeHandler = Callable[[int, int], None]
@@ -27,6 +28,7 @@ class Notifier:
         self._conn: asyncpg.Connection | None = None
         self._by_ns: defaultdict[int, set[ChangeHandler]] = defaultdict(set)
         self._by_device: defaultdict[int, set[Callable[[], None]]] = defaultdict(set)
+        self._by_user: defaultdict[int, set[Callable[[], None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -37,6 +39,7 @@ class Notifier:
         self._conn = await asyncpg.connect(self.url)
         await self._conn.add_listener(NOTIFY_CHANNEL, self._on_change)
         await self._conn.add_listener(DEVICES_CHANNEL, self._on_device)
+        await self._conn.add_listener(MEMBERS_CHANNEL, self._on_members)
 
     async def _watch(self) -> None:
         """Reconnect the LISTEN connection if PostgreSQL drops it; tell every
@@ -53,6 +56,9 @@ class Notifier:
             for ns, handlers in list(self._by_ns.items()):
                 for handler in list(handlers):
                     handler(ns, -1)
+            for user_handlers in list(self._by_user.values()):
+                for on_members in list(user_handlers):
+                    on_members()
 
     async def stop(self) -> None:
         if self._task:
@@ -75,6 +81,19 @@ class Notifier:
         self._by_device[device_id].discard(on_revoked)
         if not self._by_device[device_id]:
             del self._by_device[device_id]
+
+    def watch_user(self, user_id: int, on_members: Callable[[], None]) -> None:
+        """``on_members`` runs when the shared folders visible to ``user_id`` change."""
+        self._by_user[user_id].add(on_members)
+
+    def unwatch_user(self, user_id: int, on_members: Callable[[], None]) -> None:
+        self._by_user[user_id].discard(on_members)
+        if not self._by_user[user_id]:
+            del self._by_user[user_id]
+
+    def _on_members(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for handler in list(self._by_user.get(int(payload), ())) if payload.isdigit() else ():
+            handler()
 
     def _on_change(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:

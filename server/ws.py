@@ -28,7 +28,7 @@ from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.paths import validate_path
 from protocol.version import negotiate
-from server import versions
+from server import mounts, sharing, versions
 from server.metastore import Principal
 from server.services import Services, translate_errors
 
@@ -106,6 +106,7 @@ class Session:
     async def run(self) -> None:
         pusher = asyncio.create_task(self._push_loop())
         self.services.notifier.watch_device(self.who.device_id, self._revoked)
+        self.services.notifier.watch_user(self.who.user_id, self._members_changed)
         try:
             if await self._handshake():
                 await self._read_loop()
@@ -114,6 +115,7 @@ class Session:
         finally:
             self._closed.set()
             self.services.notifier.unwatch_device(self.who.device_id, self._revoked)
+            self.services.notifier.unwatch_user(self.who.user_id, self._members_changed)
             for ns in self._namespaces:
                 self.services.notifier.unsubscribe(ns, self._on_change)
             pusher.cancel()
@@ -184,6 +186,25 @@ class Session:
     def _revoked(self) -> None:
         asyncio.get_running_loop().create_task(self._close(4001, "device token revoked"))
 
+    def _members_changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._refresh_namespaces())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_namespaces(self) -> None:
+        """The user's shared folders changed: push for the namespaces visible now
+        (and no longer for one they lost), and tell the device the new list."""
+        with contextlib.suppress(Exception):
+            spaces = await self.services.meta.namespaces(self.who)
+            now = [n.ns for n in spaces]
+            for ns in set(self._namespaces) - set(now):
+                self.services.notifier.unsubscribe(ns, self._on_change)
+                self._pushes.pop(ns, None)
+            for ns in set(now) - set(self._namespaces):
+                self.services.notifier.subscribe(ns, self._on_change)
+            self._namespaces = now
+            await self._send(m.NamespacesChanged(spaces))
+
     # --- pushes ------------------------------------------------------------------
 
     def _on_change(self, ns: int, seq: int) -> None:
@@ -196,6 +217,8 @@ class Session:
             self._push_ready.clear()
             pushes, self._pushes = self._pushes, {}
             for ns, seq in pushes.items():
+                if ns not in self._namespaces:  # lost access since the notice came
+                    continue
                 if seq < 0:  # the notifier reconnected: tell the device where the head is now
                     seq = next(
                         (n.head_seq for n in await self.services.meta.namespaces(self.who) if n.ns == ns), 0
@@ -255,11 +278,25 @@ class Session:
             await self._send(framing.error_for(req_id, e))
 
     async def _dispatch(self, msg: m.Message) -> m.Message | bytes:
+        """Run a request; one without a namespace is about the user's whole tree
+        (shared folders mounted in it: see :mod:`server.mounts`)."""
+        if not mounts.needs_routing(msg):
+            return await self._run(msg)
+        with translate_errors():
+            routed, mount, mine = await mounts.route(self.services.meta, self.who, msg)
+            if not mount:
+                assert isinstance(msg, m.Move)
+                return await mounts.move(self.services.meta, self.who, msg, mine)
+        return mounts.outward(await self._run(routed), mount, routed, mine)
+
+    async def _run(self, msg: m.Message) -> m.Message | bytes:
         meta, who = self.services.meta, self.who
         with translate_errors():
             match msg:
                 case m.Ping(id=i):
                     return m.Pong(i)
+                case m.ListNamespaces(id=i):
+                    return m.NamespaceList(i, await meta.namespaces(who))
                 case m.Stat(id=i, path=p, ns=ns):
                     return m.EntryReply(i, await meta.stat(who, validate_path(p), ns))
                 case m.ListFolder(id=i, path=p, ns=ns, after=after, limit=limit):
@@ -305,6 +342,9 @@ class Session:
                     return m.Committed(i, seq, entry)
                 case m.History() | m.GetVersion() | m.ListDeleted() | m.Snapshot() | m.Restore() | m.Rewind():
                     return await versions.handle(meta, who, msg)
+                case (m.Share() | m.Unshare() | m.ListInvitations() | m.Accept() | m.Leave() | m.ListMembers()
+                      | m.CreateLink() | m.ListLinks() | m.RevokeLink() | m.GetQuota()):  # fmt: skip
+                    return await sharing.handle(meta, who, msg)
                 case m.Hello():
                     raise ProtocolError(ErrorCode.PROTOCOL, "hello was already exchanged")
                 case _:

@@ -114,3 +114,17 @@ def test_trees_kept_in_memory_always_equal_the_database(ops: list[tuple[str, str
                     from_wire(m.Entry, orjson.loads(row[0]), "entry") if row else None
                 )
         s.close()
+
+
+def test_each_namespace_has_its_cursor_and_resets_alone(tmp_path: Path) -> None:
+    s = State(tmp_path / "state.db")
+    s.apply_changes([entry("/a", 1, 10)], 5)
+    s.apply_changes([m.Entry("/Team", "dir", -7, -7), entry("/Team/b", 2, 11)], 3, "cursor:7")
+    assert (s.get("cursor"), s.get("cursor:7")) == ("5", "3")
+    s.reset_remote_under("/Team", "cursor:7")
+    assert sorted(s.remote_tree()) == ["/Team", "/a"] and (s.get("cursor"), s.get("cursor:7")) == ("5", "0")
+    s.put("mounts", '{"7": "/Team"}')
+    s.reset_remote()
+    assert s.remote_tree() == {} and s.get("cursor") == "0"
+    assert s.get("cursor:7") is None and s.get("mounts") is None
+    s.close()

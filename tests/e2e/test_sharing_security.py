@@ -309,3 +309,97 @@ async def test_parallel_password_guesses_get_no_more_tries(world: Any) -> None:
         answers = await asyncio.gather(*(http.get(url, auth=("", f"guess{i}")) for i in range(20)))
     codes = sorted(r.status_code for r in answers)
     assert codes.count(401) == 5 and codes.count(429) == 15, codes
+
+
+# --- the same checks over the HTTP API ------------------------------------------------
+
+NO_SUCH_NS = 987_654_321
+
+
+async def _http_world(server: FerryServer) -> tuple[int, str, str, str]:
+    """Alice shares /Team (holding SECRET) with bob; eve is no member. Returns the
+    shared namespace, eve's and bob's tokens and the secret block's hash."""
+    alice_token, eve_token, bob_token = [await new_user(server, n) for n in ("alice", "eve", "bob")]
+    alice = await session(server, alice_token)
+    assert isinstance(await put_block(alice, SECRET), m.Ok)
+    assert isinstance(await commit(alice, "/Team/secret.txt", SECRET), m.Committed)
+    shared = await call(alice, m.Share(nid(), "/Team", "bob", "editor"))
+    assert isinstance(shared, m.Shared), shared
+    bob = await session(server, bob_token)
+    assert isinstance(await call(bob, m.Accept(nid(), shared.ns)), m.Shared)
+    return shared.ns, eve_token, bob_token, sha(SECRET).hex()
+
+
+def _requests(ns: int, h: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    return {
+        "list": ("GET", "/list", {"params": {"ns": ns, "path": "/"}}),
+        "stat": ("GET", "/stat", {"params": {"ns": ns, "path": "/secret.txt"}}),
+        "download": ("GET", "/download", {"params": {"ns": ns, "path": "/secret.txt"}}),
+        "history": ("GET", "/history", {"params": {"ns": ns, "path": "/secret.txt"}}),
+        "changes": ("GET", "/changes", {"params": {"cursor": f"c1.{ns}.0"}}),
+        "commit": (
+            "POST",
+            "/commit",
+            {
+                "json": {
+                    "ns": ns,
+                    "path": "/evil.txt",
+                    "parent": None,
+                    "size": len(SECRET),
+                    "mtime_ns": 1,
+                    "blocks": [h],
+                    "key": "k1",
+                }
+            },
+        ),
+        "restore": ("POST", "/restore", {"json": {"ns": ns, "path": "/secret.txt", "key": "k2"}}),
+        "mkdir": ("POST", "/mkdir", {"json": {"ns": ns, "path": "/evil", "key": "k3"}}),
+    }
+
+
+@pytest.mark.parametrize(
+    "what", ["list", "stat", "download", "history", "changes", "commit", "restore", "mkdir"]
+)
+def test_non_member_over_the_http_api_gets_what_a_missing_folder_gets(
+    make_server: Callable[..., FerryServer], what: str
+) -> None:
+    server = make_server("file")
+
+    async def run() -> None:
+        ns, eve, bob, h = await _http_world(server)
+        base = server.url + "/api/v1"
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=10) as http:
+            method, route, kw = _requests(ns, h)[what]
+            theirs = await http.request(method, route, headers={"Authorization": f"Bearer {eve}"}, **kw)
+            method, route, kw = _requests(NO_SUCH_NS, h)[what]
+            missing = await http.request(method, route, headers={"Authorization": f"Bearer {eve}"}, **kw)
+            assert theirs.status_code == missing.status_code == 404, (theirs.text, missing.text)
+            assert theirs.json()["code"] == missing.json()["code"]
+            assert SECRET[:20] not in theirs.content and "secret" not in theirs.text
+            # a member is let through by the very same request (so the 404 above is the rule, not a typo)
+            if what in ("list", "stat", "download", "history", "changes"):
+                method, route, kw = _requests(ns, h)[what]
+                member = await http.request(method, route, headers={"Authorization": f"Bearer {bob}"}, **kw)
+                assert member.status_code == 200, member.text
+
+    asyncio.run(run())
+
+
+def test_blocks_of_a_shared_folder_are_not_served_to_non_members_over_http(
+    make_server: Callable[..., FerryServer],
+) -> None:
+    server = make_server("file")
+
+    async def run() -> None:
+        _, eve, bob, h = await _http_world(server)
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", trust_env=False, timeout=10) as http:
+            theirs = await http.get(f"/blocks/{h}", headers={"Authorization": f"Bearer {eve}"})
+            unknown = await http.get(f"/blocks/{'ab' * 32}", headers={"Authorization": f"Bearer {eve}"})
+            assert theirs.status_code == unknown.status_code == 404 and SECRET[:20] not in theirs.content
+            missing = await http.post("/blocks/missing", json={"hashes": [h]},
+                                      headers={"Authorization": f"Bearer {eve}"})  # fmt: skip
+            assert missing.json()["missing"] == [h]  # never "already stored" to eve
+            member = await http.get(f"/blocks/{h}", headers={"Authorization": f"Bearer {bob}"})
+            assert member.status_code == 200 and member.content == SECRET
+
+    asyncio.run(run())

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from client import history, share
@@ -153,6 +152,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _login(args: argparse.Namespace) -> int:
+    import httpx  # here, not at the top: it is a sixth of every other command's start-up time
+
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else getpass.getpass("Password: ")
     url = args.server.rstrip("/")
     try:

@@ -57,6 +57,7 @@ def routes() -> list[Route]:
         Route(f"{API}/list", meta.list_folder),
         Route(f"{API}/stat", meta.stat),
         Route(f"{API}/cursor", meta.cursor),
+        Route(f"{API}/namespaces", meta.namespaces),
         Route(f"{API}/changes", meta.changes),
         Route(f"{API}/changes/wait", meta.wait_changes),
         Route(f"{API}/history", meta.history),

@@ -106,6 +106,19 @@ async def stat(request: Request, who: Principal, services: Services) -> Response
         return ok(await services.meta.stat(who, path_param(request, default=None), ns_param(request)))
 
 
+@authed
+async def namespaces(request: Request, who: Principal, services: Services) -> Response:
+    """
+    ---
+    summary: "The namespaces in the user's tree: their root, and each shared folder where it is mounted"
+    responses:
+      200: {description: '{"namespaces": [{"ns": int, "path": string, "role": "owner|editor|viewer", "head_seq": int}]}'}
+    """
+    with translate_errors():
+        spaces = await services.meta.namespaces(who)
+    return ok({"namespaces": spaces})
+
+
 async def _head(services: Services, who: Principal, ns: int | None) -> tuple[int, int]:
     """(namespace, head seq) of one of the user's namespaces (None: the root)."""
     with translate_errors():

@@ -401,5 +401,12 @@ def test_blocks_of_a_shared_folder_are_not_served_to_non_members_over_http(
             assert missing.json()["missing"] == [h]  # never "already stored" to eve
             member = await http.get(f"/blocks/{h}", headers={"Authorization": f"Bearer {bob}"})
             assert member.status_code == 200 and member.content == SECRET
+            listed = await http.get("/namespaces", headers={"Authorization": f"Bearer {bob}"})
+            assert {(n["path"], n["role"]) for n in listed.json()["namespaces"]} == {
+                ("/", "owner"),
+                ("/Team", "editor"),
+            }
+            listed = await http.get("/namespaces", headers={"Authorization": f"Bearer {eve}"})
+            assert [n["path"] for n in listed.json()["namespaces"]] == ["/"]  # eve learns nothing of /Team
 
     asyncio.run(run())

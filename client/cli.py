@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from client import history, share
 from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
 from client.memory import limit_malloc_arenas
+from client.output import human_size, print_json
 from client.transfer import Remote, download, stat_or_none, upload
 from client.transport import ConnectionLost
 from protocol import messages as m
@@ -203,11 +202,13 @@ async def _put(remote: Remote, args: argparse.Namespace) -> int:
         done, sent = await upload(remote, args.local, dst, progress)
     elapsed = time.monotonic() - started
     if args.json:
-        _print_json(
+        print_json(
             {"path": dst, "version": done.entry.version, "size": size, "sent": sent, "seconds": elapsed}
         )
     else:
-        print(f"{dst}: version {done.entry.version}, {_human(size)} in {elapsed:.1f}s, {_human(sent)} sent")
+        print(
+            f"{dst}: version {done.entry.version}, {human_size(size)} in {elapsed:.1f}s, {human_size(sent)} sent"
+        )
     return 0
 
 
@@ -222,7 +223,7 @@ async def _get(remote: Remote, args: argparse.Namespace) -> int:
         await download(remote, entry, dest, progress)
     elapsed = time.monotonic() - started
     if args.json:
-        _print_json(
+        print_json(
             {
                 "path": src,
                 "local": str(dest),
@@ -232,7 +233,7 @@ async def _get(remote: Remote, args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"{dest}: version {entry.version}, {_human(entry.size)} in {elapsed:.1f}s")
+        print(f"{dest}: version {entry.version}, {human_size(entry.size)} in {elapsed:.1f}s")
     return 0
 
 
@@ -263,11 +264,11 @@ async def _ls(remote: Remote, args: argparse.Namespace) -> int:
 
     entries = await remote.run(listing)
     if args.json:
-        _print_json([{k: v for k, v in to_wire(e).items() if k != "blocks"} for e in entries])
+        print_json([{k: v for k, v in to_wire(e).items() if k != "blocks"} for e in entries])
         return 0
     for e in entries:
         when = datetime.fromtimestamp(e.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M") if e.mtime_ns else "-"
-        size = "-" if e.kind == "dir" else _human(e.size)
+        size = "-" if e.kind == "dir" else human_size(e.size)
         name = name_of(e.path) + ("/" if e.kind == "dir" else "")
         print(f"{size:>10}  {when}  {name}")
     return 0
@@ -325,14 +326,14 @@ def _status(args: argparse.Namespace) -> int:
 
     folders = engine.read_status(_home(args))["folders"]
     if args.json:
-        _print_json(folders)
+        print_json(folders)
         return 0
     if not folders:
         print("no synced folders yet; start one with `ferry sync FOLDER`")
     for path, f in folders.items():
         line = f["state"]
         if f["state"] == "syncing":
-            line = f"syncing {f['pending']} items, {_human(f['bytes_left'])} left"
+            line = f"syncing {f['pending']} items, {human_size(f['bytes_left'])} left"
         print(f"{path}: {line} (as of {f.get('updated', '?')})")
         if f.get("deletions_waiting"):
             print(
@@ -347,19 +348,6 @@ def _status(args: argparse.Namespace) -> int:
         for k, why in (f.get("not_uploaded") or {}).items():
             print(f"  kept here, {why}: {k}")
     return 0
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _mkdir(remote: Remote, args: argparse.Namespace) -> Any:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
+from client.output import human_size, print_json
 from client.transfer import Remote
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -118,7 +117,7 @@ async def _history(remote: Remote, args: argparse.Namespace) -> int:
         remote, lambda i, before: m.History(i, path, before=before, limit=5000), m.Versions, "versions"
     )
     if args.json:
-        _print_json(
+        print_json(
             [
                 {**_entry_json(v.entry), "author": v.author, "current": v.current, "damaged": v.damaged}
                 for v in infos
@@ -132,7 +131,7 @@ async def _history(remote: Remote, args: argparse.Namespace) -> int:
         ]
         if e.path != path:
             notes.append(f"at {e.path}")
-        size = "-" if e.kind == "dir" or e.deleted else _human(e.size)
+        size = "-" if e.kind == "dir" or e.deleted else human_size(e.size)
         print(
             f"{e.version:>10}  {iso(e.committed_ns)}  {size:>10}  {e.device or '-'}  {v.author or '-'}  {' '.join(notes)}".rstrip()
         )
@@ -148,7 +147,7 @@ async def _restore(remote: Remote, args: argparse.Namespace) -> int:
         make = lambda i: m.Restore(i, key, path, args.version)  # noqa: E731
     done: m.Restored = await remote.run(lambda c: c.call(make, m.Restored))
     if args.json:
-        _print_json({"path": path, "version": done.entry.version, "seq": done.seq, "changes": done.changes})
+        print_json({"path": path, "version": done.entry.version, "seq": done.seq, "changes": done.changes})
     elif args.at is not None:
         what = {None: "done", 0: "nothing to change", 1: "1 change"}.get(
             done.changes, f"{done.changes} changes"
@@ -167,7 +166,7 @@ async def _deleted(remote: Remote, args: argparse.Namespace) -> int:
         remote, lambda i, after: m.ListDeleted(i, path, after=after, limit=5000), m.DeletedListing, "files"
     )
     if args.json:
-        _print_json(
+        print_json(
             [
                 {
                     **_entry_json(f.entry),
@@ -182,7 +181,7 @@ async def _deleted(remote: Remote, args: argparse.Namespace) -> int:
         return 0
     for f in files:
         e = f.entry
-        size = "-" if e.kind == "dir" else _human(e.size)
+        size = "-" if e.kind == "dir" else human_size(e.size)
         name = e.path + ("/" if e.kind == "dir" else "")
         print(f"{iso(f.deleted_ns)}  {f.device or '-':<12}  {size:>10}  {name}")
     return 0
@@ -197,25 +196,12 @@ async def _snapshot(remote: Remote, args: argparse.Namespace) -> int:
         "entries",
     )
     if args.json:
-        _print_json([_entry_json(e) for e in entries])
+        print_json([_entry_json(e) for e in entries])
         return 0
     for e in entries:
-        size = "-" if e.kind == "dir" else _human(e.size)
+        size = "-" if e.kind == "dir" else human_size(e.size)
         print(f"{size:>10}  {iso(e.committed_ns)}  {e.path}{'/' if e.kind == 'dir' else ''}")
     return 0
-
-
-def _print_json(value: Any) -> None:
-    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {

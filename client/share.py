@@ -13,8 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from client.output import human_size, print_json
 from client.transfer import Remote
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -93,7 +92,7 @@ async def _unshare(remote: Remote, args: argparse.Namespace) -> int:
 async def _invitations(remote: Remote, args: argparse.Namespace) -> int:
     reply: m.Invitations = await _call(remote, lambda i: m.ListInvitations(i), m.Invitations)
     if args.json:
-        _print_json([{**to_wire(v), "invited_at": _iso(v.invited_ns)} for v in reply.invitations])
+        print_json([{**to_wire(v), "invited_at": _iso(v.invited_ns)} for v in reply.invitations])
         return 0
     if not reply.invitations:
         print("no pending invitations")
@@ -113,7 +112,7 @@ async def _members(remote: Remote, args: argparse.Namespace) -> int:
     path = validate_path(args.path)
     reply: m.Members = await _call(remote, lambda i: m.ListMembers(i, path), m.Members)
     if args.json:
-        _print_json([to_wire(x) for x in reply.members])
+        print_json([to_wire(x) for x in reply.members])
         return 0
     for x in reply.members:
         print(f"{x.user:<20} {x.role}{'  (invited)' if x.pending else ''}")
@@ -130,12 +129,12 @@ async def _leave(remote: Remote, args: argparse.Namespace) -> int:
 async def _quota(remote: Remote, args: argparse.Namespace) -> int:
     reply: m.QuotaReply = await _call(remote, lambda i: m.GetQuota(i), m.QuotaReply)
     if args.json:
-        _print_json({"used": reply.used, "quota": reply.quota})
+        print_json({"used": reply.used, "quota": reply.quota})
     elif reply.quota is None:
-        print(f"{_human(reply.used)} used, no quota")
+        print(f"{human_size(reply.used)} used, no quota")
     else:
         print(
-            f"{_human(reply.used)} of {_human(reply.quota)} used ({_human(max(reply.quota - reply.used, 0))} free)"
+            f"{human_size(reply.used)} of {human_size(reply.quota)} used ({human_size(max(reply.quota - reply.used, 0))} free)"
         )
     return 0
 
@@ -156,14 +155,14 @@ async def _link(remote: Remote, args: argparse.Namespace) -> int:
         )
         url = f"{remote.creds.server.rstrip('/')}/s/{made.token}"
         if args.json:
-            _print_json({**_link_json(remote, made.info), "url": url})
+            print_json({**_link_json(remote, made.info), "url": url})
         else:
             print(url)
         return 0
     if args.link_action == "list":
         reply: m.Links = await _call(remote, lambda i: m.ListLinks(i), m.Links)
         if args.json:
-            _print_json([_link_json(remote, x) for x in reply.links])
+            print_json([_link_json(remote, x) for x in reply.links])
             return 0
         if not reply.links:
             print("no links")
@@ -184,19 +183,6 @@ async def _link(remote: Remote, args: argparse.Namespace) -> int:
 
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 COMMANDS: dict[str, Callable[[Remote, argparse.Namespace], Any]] = {

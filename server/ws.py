@@ -124,7 +124,8 @@ class Session:
 
     async def _receive(self, timeout: float) -> str | bytes:
         try:
-            msg = await asyncio.wait_for(self.ws.receive(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task (and loop turn) per frame
+                msg = await self.ws.receive()
         except TimeoutError:
             await self._close(1001, "idle timeout")
             raise WebSocketDisconnect(1001) from None
@@ -232,10 +233,11 @@ class Session:
         data: Any = framing.encode(payload) if isinstance(payload, m.Message) else payload
         async with self._send_lock:
             try:
-                if isinstance(data, str):
-                    await asyncio.wait_for(self.ws.send_text(data), SEND_TIMEOUT)
-                else:
-                    await asyncio.wait_for(self.ws.send_bytes(data), SEND_TIMEOUT)
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    if isinstance(data, str):
+                        await self.ws.send_text(data)
+                    else:
+                        await self.ws.send_bytes(data)
             except TimeoutError:  # the client stopped reading: cut it off, spare the others
                 await self._close(1008, "client is not reading")
                 raise
@@ -256,8 +258,11 @@ class Session:
                 msg = framing.decode(frame)
                 req_id = getattr(msg, "id", None)
                 if isinstance(msg, m.GetBlock):
+                    # checked before taking a read slot, so a burst of asks shares one query
+                    await self.services.check_readable(self.who, msg.hash)
                     async with self._reads:  # a block read is held until it is sent
-                        await self._send(await self._dispatch(msg))
+                        data = await self.services.read_block(msg.hash)
+                        await self._send(framing.encode_block(framing.KIND_DATA, msg.id, msg.hash, data))
                     return
                 reply = await self._dispatch(msg)
             await self._send(reply)
@@ -311,9 +316,6 @@ class Session:
                             ErrorCode.TOO_LARGE, f"ask about at most {MAX_QUERY_HASHES} blocks at once"
                         )
                     return m.BlocksMissing(i, await meta.missing_blocks(who, hashes))
-                case m.GetBlock(id=i, hash=h):
-                    data = await self.services.get_block(who, h)
-                    return framing.encode_block(framing.KIND_DATA, i, h, data)
                 case m.Commit() as c:
                     seq, entry = await meta.commit_file(
                         who,

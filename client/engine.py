@@ -429,6 +429,7 @@ class Engine:
             return await conn.call(lambda i: m.CommitBatch(i, key, files), m.CommittedBatch)  # type: ignore[no-any-return]
 
         done = await self.remote.run(send_and_commit)
+        records = []
         for (action, st_, blocks), result in zip(items, done.results, strict=True):
             if result.entry is None:
                 assert result.failure is not None
@@ -437,8 +438,9 @@ class Engine:
                     self.status["last_error"] = result.failure.message
                 continue
             digest = content_hash(h for h, _ in blocks)
-            self.state.record(action.path, result.entry, Observed(st_.st_size, st_.st_mtime_ns, st_.st_ino, digest,
-                                                                 bool(st_.st_mode & st.S_IXUSR)))  # fmt: skip
+            records.append((action.path, result.entry, Observed(st_.st_size, st_.st_mtime_ns, st_.st_ino, digest,
+                                                                bool(st_.st_mode & st.S_IXUSR))))  # fmt: skip
+        self.state.record_many(records)  # one transaction for the batch
 
     async def _download_batch(self, batch: list[p.Download]) -> None:
         """Small downloads as a group: fetch every block, write each file into the

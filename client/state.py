@@ -20,7 +20,7 @@ import orjson
 
 from client.planner import Node
 from protocol import messages as m
-from protocol.framing import from_wire, to_wire
+from protocol.framing import dumps, from_wire
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -148,7 +148,7 @@ class State:
                 else:
                     self.db.execute(
                         "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
-                        (e.path, e.file_id, orjson.dumps(to_wire(e))),
+                        (e.path, e.file_id, dumps(e)),
                     )
                     edits += [("remote", e.path, node_of(e)), ("entries", e.path, e)]
             self.put(cursor_key, str(cursor))
@@ -224,7 +224,7 @@ class State:
         )
         self.db.execute(
             "INSERT OR REPLACE INTO remote (path, file_id, entry) VALUES (?, ?, ?)",
-            (path, entry.file_id, orjson.dumps(to_wire(entry))),
+            (path, entry.file_id, dumps(entry)),
         )
         node = node_of(entry)
         edits += [("synced", path, node), ("remote", path, node), ("entries", path, entry)]

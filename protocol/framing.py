@@ -80,10 +80,31 @@ def _field_names(cls: type) -> tuple[str, ...] | None:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def _jsonable(value: Any) -> Any:
+    """orjson's hook for what it does not write itself; it writes the result
+    (recursing into it), so a listing costs one Python call per object, not
+    one per field as :func:`to_wire` does."""
+    if type(value) is bytes:
+        return value.hex()
+    if type(value) is m.BlockRef:
+        return [value.hash.hex(), value.size]
+    names = _field_names(type(value))  # type: ignore[arg-type]  # (every type is hashable)
+    if names is None:
+        raise TypeError(f"cannot encode a {type(value).__name__}")
+    out = {name: getattr(value, name) for name in names}
+    if isinstance(value, m.Message):
+        out["type"] = value.TYPE
+    return out
+
+
+def dumps(value: Any) -> bytes:
+    """The JSON of :func:`to_wire` of ``value`` (a message also gets its ``type``)."""
+    return orjson.dumps(value, default=_jsonable, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
 def encode(msg: m.Message) -> str:
-    body = to_wire(msg)
-    body["type"] = msg.TYPE
-    return orjson.dumps(body).decode()
+    """``msg`` as its JSON text frame."""
+    return dumps(msg).decode()
 
 
 def _bad(where: str, want: str, got: Any) -> ProtocolError:

@@ -569,7 +569,7 @@ class MetaStore:
             await target.check_quota(used)
             await source.finish()
             seq = await target.finish()
-            result = orjson.dumps({"seq": seq, "entry": framing.to_wire(copies[0])}).decode()
+            result = framing.dumps({"seq": seq, "entry": copies[0]}).decode()
             await conn.execute(
                 "INSERT INTO requests (user_id, key, result) VALUES ($1, $2, $3::jsonb)",
                 who.user_id,
@@ -607,7 +607,7 @@ class MetaStore:
                         entry = await change(tx)
                         await tx.check_quota(used)
                         seq = await tx.finish()
-                        result = orjson.dumps({"seq": seq, "entry": framing.to_wire(entry)}).decode()
+                        result = framing.dumps({"seq": seq, "entry": entry}).decode()
                         await conn.execute(
                             "INSERT INTO requests (user_id, key, result) VALUES ($1, $2, $3::jsonb)",
                             who.user_id,

@@ -48,6 +48,7 @@ from client.transfer import (
     send_file,
 )
 from client.transport import ConnectionLost, backoff_delays
+from protocol import failpoints
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
@@ -429,6 +430,7 @@ class Engine:
             return await conn.call(lambda i: m.CommitBatch(i, key, files), m.CommittedBatch)  # type: ignore[no-any-return]
 
         done = await self.remote.run(send_and_commit)
+        failpoints.hit("client.upload.committed")
         for (action, st_, blocks), result in zip(items, done.results, strict=True):
             if result.entry is None:
                 assert result.failure is not None
@@ -474,6 +476,7 @@ class Engine:
                 if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
+                failpoints.hit("client.download.block")
 
             await asyncio.gather(*(one(h) for h in wanted if h not in got))
 
@@ -482,6 +485,7 @@ class Engine:
         staged = await asyncio.to_thread(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
                                                                  for _, e in todo])  # fmt: skip
         got.clear()
+        failpoints.hit("client.download.staged")
         placed: list[tuple[str, m.Entry, Path]] = []
         try:
             for (path, entry), tmp in zip(todo, staged, strict=True):
@@ -493,6 +497,7 @@ class Engine:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, dest)
                 placed.append((path, entry, dest))
+                failpoints.hit("client.download.placed")
         finally:
             for tmp in staged:
                 with contextlib.suppress(FileNotFoundError):
@@ -621,6 +626,7 @@ class Engine:
         digest = content_hash(plan.hashes)
         key = f"sync-{uuid.uuid4()}"
         done = await self.remote.run(lambda conn: commit_blocks(conn, src, path, plan, stat, parent, key))
+        failpoints.hit("client.upload.committed")
         executable = bool(stat.st_mode & st.S_IXUSR)
         self.state.record(
             path, done.entry, Observed(stat.st_size, stat.st_mtime_ns, stat.st_ino, digest, executable)
@@ -638,12 +644,14 @@ class Engine:
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
+        failpoints.hit("client.download.staged")
         try:
             if not self._unchanged(path):
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
                 log.info("%s changed locally during download; re-planning", path)
                 return
             await asyncio.to_thread(place, tmp, dest)
+            failpoints.hit("client.download.placed")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

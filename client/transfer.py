@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from client import durable
 from client.home import Credentials
 from client.transport import Connection, ConnectionLost, backoff_delays, connect
+from protocol import failpoints
 from protocol import messages as m
 from protocol.chunking import chunk_stream
 from protocol.errors import ErrorCode, ProtocolError
@@ -360,6 +361,7 @@ async def fetch(
                     data = await conn.get_block(ref.hash)
                     await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
                     done.add(i)
+                    failpoints.hit("client.download.block")
                     progress(ref.size)
 
             await gather_all([one(i) for i in range(len(entry.blocks or [])) if i not in done])

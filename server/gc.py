@@ -49,6 +49,7 @@ from typing import Any
 
 import asyncpg
 
+from protocol import failpoints
 from protocol.errors import ErrorCode, ProtocolError
 from server.blockstore import BlockNotFound, BlockStore, BlockStoreError
 from server.config import Settings
@@ -248,6 +249,7 @@ async def _sweep(conn: Any, store: BlockStore, hashes: list[bytes], grace: float
             async with slots:
                 try:
                     await store.delete(h)
+                    failpoints.hit("server.gc.delete")
                     return True
                 except BlockStoreError as e:
                     log.warning("gc: cannot delete block %s: %s", h.hex(), e)

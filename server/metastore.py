@@ -21,7 +21,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from protocol import framing
+from protocol import failpoints, framing
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES, content_hash
 from protocol.messages import BatchResult, BlockRef, Entry, Failure, FileCommit, NamespaceInfo
@@ -614,6 +614,8 @@ class MetaStore:
                             key,
                             result,
                         )
+                        failpoints.hit("server.commit.before")
+                    failpoints.hit("server.commit.after")
                     return seq, entry
                 except asyncpg.UniqueViolationError:
                     if attempt:  # a concurrent retry of the same request won; return its result

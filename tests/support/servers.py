@@ -100,6 +100,7 @@ class FerryServer:
     s3_endpoint: str | None = None
     extra: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. FERRY_FAILPOINT for the next start
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,7 +126,7 @@ class FerryServer:
             cmd += ["--s3-endpoint", self.s3_endpoint]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "server.log", "ab")
-        env = {**os.environ, **TEST_AWS_ENV}
+        env = {**os.environ, **TEST_AWS_ENV, **self.env}
         self.proc = subprocess.Popen(cmd + self.extra, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not _healthy(self.url):
@@ -167,10 +168,11 @@ class Device:
 
     home: Path
     server: FerryServer
+    env: dict[str, str] = field(default_factory=dict)  # e.g. FERRY_FAILPOINT for the next runs
 
     def run(self, *args: str, stdin: str | None = None, timeout: float = 120,
             check: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5"}
+        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5", **self.env}
         r = subprocess.run(
             [*FERRY, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env
         )
@@ -179,7 +181,7 @@ class Device:
         return r
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5"}
+        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5", **self.env}
         return subprocess.Popen(
             [*FERRY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )

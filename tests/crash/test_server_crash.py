@@ -1,0 +1,145 @@
+"""The server SIGKILLed at named failpoints and at random instants while a real
+client syncs, restarted, and the client run again: after each kill, no
+acknowledged commit is lost, every referenced or listed block is stored whole,
+no commit was applied twice, and the client's folder and the server's tree are
+exactly the latest writes (I3, I6).
+
+``FERRY_CRASH_POINTS=N`` runs N kill points (default 40); ``FERRY_CRASH_SEED``
+picks the schedule (default 1). A failure names the seed and kill point.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.crash import Oracle, check_server, file_blocks, server_tree, synced_versions
+from tests.support.servers import Device, FerryServer
+
+KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS", "0") or 40)
+SEED = int(os.environ.get("FERRY_CRASH_SEED", "1"))
+POINTS = [
+    "server.block.tmp",  # block bytes in a temp file, not yet renamed to their name
+    "server.block.stored",  # block durable in the store, not yet in the database
+    "server.block.recorded",  # block recorded, its upload not yet acknowledged
+    "server.commit.before",  # commit transaction written, COMMIT not yet sent
+    "server.commit.after",  # committed, the client not yet told
+    "server.gc.delete",  # GC deleted a block's object, its row not yet
+    "random",  # SIGKILL at a random instant of the client's sync
+]
+GC = ["--gc-every", "0.2", "--gc-grace", "0.5"]
+
+
+class Campaign:
+    """One server that keeps being killed and restarted, one client that keeps syncing."""
+
+    def __init__(self, server: FerryServer, device: Device, root: Path, rng: random.Random) -> None:
+        self.server, self.device, self.root, self.rng = server, device, root, rng
+        self.kills: list[str] = []
+        self.armed = "none"
+        self.acked: dict[int, bytes | None] = {}
+
+    def arm(self, point: str) -> None:
+        """Restart the server (it is dead) with ``point`` armed for a pass 1-3 passes away."""
+        self.armed = point if point != "random" else "random"
+        count = 1 if point == "server.gc.delete" else self.rng.randint(1, 3)
+        self.server.env = {"FERRY_FAILPOINT": f"{point}:{count}"} if point != "random" else {}
+        self.server.start()
+
+    def _restart_if_dead(self, next_point: Callable[[], str]) -> None:
+        assert self.server.proc is not None
+        code = self.server.proc.poll()
+        if code is None:
+            return
+        assert code == -9, f"server exited with {code} (not killed):\n{self.server.log()[-3000:]}"
+        self.kills.append(self.armed)
+        self.arm(next_point())
+
+    def sync(self, next_point: Callable[[], str]) -> None:
+        """``ferry sync --once`` until it succeeds, restarting the server whenever it dies."""
+        for _attempt in range(6):
+            started = time.monotonic()
+            kill_at = started + self.rng.uniform(0.05, 0.6) if self.armed == "random" else None
+            client = self.device.popen("sync", str(self.root), "--once")
+            while client.poll() is None:
+                if kill_at is not None and time.monotonic() > kill_at:
+                    self.server.kill()
+                    kill_at = None
+                self._restart_if_dead(next_point)
+                time.sleep(0.01)
+            self._restart_if_dead(next_point)
+            out, err = client.communicate()
+            if client.returncode == 0:
+                return
+        raise AssertionError(f"sync never succeeded: {out}\n{err}")
+
+    def orphan_blocks(self, size: int) -> Path:
+        """A file whose upload dies after its first block was stored (a client
+        SIGKILLed mid-upload): food for GC. Returns it, to be synced later."""
+        path = self.root.parent / f"orphan-{self.rng.randbytes(6).hex()}.bin"
+        path.write_bytes(self.rng.randbytes(size))
+        self.device.env = {"FERRY_FAILPOINT": "client.upload.block:1"}
+        try:
+            r = self.device.run("put", str(path), f"/{path.name}", "-q")
+        finally:
+            self.device.env = {}
+        assert r.returncode == -9, r.stderr
+        return path
+
+
+def test_server_killed_at_failpoints_and_random_instants(
+    make_server: Callable[..., FerryServer], database_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(SEED)
+    server = make_server("file", extra=GC)
+    r = server.admin("user", "add", "alice", "--password-stdin", stdin="pw\n")
+    assert r.returncode == 0, r.stderr
+    device = Device(tmp_path / "home", server).login("alice", "pw")
+    root = tmp_path / "sync"
+    root.mkdir()
+    oracle = Oracle(root, rng)
+    campaign = Campaign(server, device, root, rng)
+    schedule = [POINTS[i % len(POINTS)] for i in range(KILL_POINTS + 10)]
+    rng.shuffle(schedule)
+    next_point = iter(schedule).__next__
+    server.kill()
+    campaign.arm(next_point())
+    read_block = file_blocks(server.data_dir / "blocks")
+    cycle = 0
+    while len(campaign.kills) < KILL_POINTS:
+        cycle += 1
+        context = f"seed {SEED}, cycle {cycle}, kill points so far {len(campaign.kills)}: {campaign.kills[-3:]}"
+        if campaign.armed == "server.gc.delete":
+            orphan = campaign.orphan_blocks(rng.randint(300_000, 1_200_000))
+            deadline = time.monotonic() + 10  # grace, then the background GC collects it and dies
+            while server.proc is not None and server.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # the same content again: the server must not claim to hold blocks GC took
+            (root / orphan.name).write_bytes(orphan.read_bytes())
+            oracle.written.setdefault("/" + orphan.name, set()).add(_digest(orphan))
+            oracle.latest["/" + orphan.name] = _digest(orphan)
+        for _ in range(rng.randint(1, 3)):
+            path = f"/d{rng.randint(0, 3)}/f{rng.randint(0, 9)}.bin"
+            oracle.write(path, rng.choice([rng.randint(0, 40_000), rng.randint(300_000, 1_500_000)]))
+        if oracle.latest and rng.random() < 0.2:
+            oracle.delete(rng.choice(sorted(oracle.latest)))
+        campaign.sync(next_point)
+        for path, (version, digest) in synced_versions(device.home, root).items():
+            campaign.acked[version] = digest
+        problems = check_server(database_url, read_block, campaign.acked)
+        problems += oracle.converged(root)
+        tree = server_tree(database_url)
+        problems += [f"server {p}: not the latest write" for p, d in tree.items() if oracle.latest.get(p) != d]
+        problems += [f"server lacks {p}" for p in oracle.latest if p not in tree]
+        assert not problems, f"{context}:\n" + "\n".join(problems)
+    print(f"server kill points: {len(campaign.kills)} in {cycle} cycles (seed {SEED}): "
+          + ", ".join(f"{p} x{campaign.kills.count(p)}" for p in sorted(set(campaign.kills))))  # fmt: skip
+
+
+def _digest(path: Path) -> bytes:
+    from tests.support.crash import digest_of
+
+    return digest_of(path.read_bytes())

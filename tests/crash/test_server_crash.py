@@ -111,7 +111,9 @@ def test_server_killed_at_failpoints_and_random_instants(
     cycle = 0
     while len(campaign.kills) < KILL_POINTS:
         cycle += 1
-        context = f"seed {SEED}, cycle {cycle}, kill points so far {len(campaign.kills)}: {campaign.kills[-3:]}"
+        context = (
+            f"seed {SEED}, cycle {cycle}, kill points so far {len(campaign.kills)}: {campaign.kills[-3:]}"
+        )
         if campaign.armed == "server.gc.delete":
             orphan = campaign.orphan_blocks(rng.randint(300_000, 1_200_000))
             deadline = time.monotonic() + 10  # grace, then the background GC collects it and dies
@@ -132,7 +134,9 @@ def test_server_killed_at_failpoints_and_random_instants(
         problems = check_server(database_url, read_block, campaign.acked)
         problems += oracle.converged(root)
         tree = server_tree(database_url)
-        problems += [f"server {p}: not the latest write" for p, d in tree.items() if oracle.latest.get(p) != d]
+        problems += [
+            f"server {p}: not the latest write" for p, d in tree.items() if oracle.latest.get(p) != d
+        ]
         problems += [f"server lacks {p}" for p in oracle.latest if p not in tree]
         assert not problems, f"{context}:\n" + "\n".join(problems)
     print(f"server kill points: {len(campaign.kills)} in {cycle} cycles (seed {SEED}): "

@@ -104,7 +104,11 @@ class Oracle:
         """How ``root`` differs from the latest writes (empty: it holds exactly them)."""
         here = {p: digest_of((root / p.lstrip("/")).read_bytes()) for p in _files(root)}
         problems = [f"{p}: missing" for p in self.latest if p not in here]
-        problems += [f"{p}: not the latest content" for p, d in here.items() if p in self.latest and d != self.latest[p]]
+        problems += [
+            f"{p}: not the latest content"
+            for p, d in here.items()
+            if p in self.latest and d != self.latest[p]
+        ]
         problems += [f"{p}: should have been deleted" for p in here if p not in self.latest]
         return problems
 
@@ -138,7 +142,9 @@ def check_server(database_url: str, read_block: BlockReader, acked: dict[int, by
     return asyncio.run(_check_server(database_url, read_block, acked))
 
 
-async def _check_server(database_url: str, read_block: BlockReader, acked: dict[int, bytes | None]) -> list[str]:
+async def _check_server(
+    database_url: str, read_block: BlockReader, acked: dict[int, bytes | None]
+) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
         versions = await conn.fetch(
@@ -177,7 +183,9 @@ async def _check_server(database_url: str, read_block: BlockReader, acked: dict[
     for a, b in zip(versions, versions[1:], strict=False):
         same = ("namespace_id", "file_id", "path", "deleted", "size", "mtime_ns", "content_hash")
         if all(a[k] == b[k] for k in same):
-            problems.append(f"{b['path']}: versions {a['version_id']} and {b['version_id']} are one commit twice")
+            problems.append(
+                f"{b['path']}: versions {a['version_id']} and {b['version_id']} are one commit twice"
+            )
     return problems
 
 

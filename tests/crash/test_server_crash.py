@@ -10,6 +10,7 @@ picks the schedule (default 1). A failure names the seed and kill point.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -36,41 +37,54 @@ GC = ["--gc-every", "0.2", "--gc-grace", "0.5"]
 class Campaign:
     """One server that keeps being killed and restarted, one client that keeps syncing."""
 
-    def __init__(self, server: FerryServer, device: Device, root: Path, rng: random.Random) -> None:
+    def __init__(self, server: FerryServer, device: Device, root: Path, rng: random.Random,
+                 next_point: Callable[[], str]) -> None:  # fmt: skip
         self.server, self.device, self.root, self.rng = server, device, root, rng
+        self.next_point = next_point
+        self._next = "none"
         self.kills: list[str] = []
         self.armed = "none"
         self.acked: dict[int, bytes | None] = {}
 
-    def arm(self, point: str) -> None:
-        """Restart the server (it is dead) with ``point`` armed for a pass 1-3 passes away."""
-        self.armed = point if point != "random" else "random"
+    def arm(self) -> None:
+        """Restart the server (it is dead) with ``point`` armed for a pass 1-3
+        passes away (``random``: none; the test kills it). The process was
+        prepared while the last one ran: see ``FerryServer.prepare``."""
+        if self.server.warm is None:
+            self._prepare(self.next_point())
+        self.armed = self._next
+        self.server.start()
+        self._prepare(self.next_point())
+
+    def _prepare(self, point: str) -> None:
         count = 1 if point == "server.gc.delete" else self.rng.randint(1, 3)
         self.server.env = {"FERRY_FAILPOINT": f"{point}:{count}"} if point != "random" else {}
-        self.server.start()
+        self.server.prepare()
+        self._next = point
 
-    def _restart_if_dead(self, next_point: Callable[[], str]) -> None:
+    def _restart_if_dead(self) -> None:
         assert self.server.proc is not None
         code = self.server.proc.poll()
         if code is None:
             return
         assert code == -9, f"server exited with {code} (not killed):\n{self.server.log()[-3000:]}"
         self.kills.append(self.armed)
-        self.arm(next_point())
+        self.arm()
 
-    def sync(self, next_point: Callable[[], str]) -> None:
+    def sync(self) -> None:
         """``ferry sync --once`` until it succeeds, restarting the server whenever it dies."""
         for _attempt in range(6):
             started = time.monotonic()
             kill_at = started + self.rng.uniform(0.05, 0.6) if self.armed == "random" else None
             client = self.device.popen("sync", str(self.root), "--once")
+            self.device.prepare("sync", str(self.root), "--once")
             while client.poll() is None:
                 if kill_at is not None and time.monotonic() > kill_at:
                     self.server.kill()
                     kill_at = None
-                self._restart_if_dead(next_point)
+                self._restart_if_dead()
                 time.sleep(0.01)
-            self._restart_if_dead(next_point)
+            self._restart_if_dead()
             out, err = client.communicate()
             if client.returncode == 0:
                 return
@@ -101,12 +115,11 @@ def test_server_killed_at_failpoints_and_random_instants(
     root = tmp_path / "sync"
     root.mkdir()
     oracle = Oracle(root, rng)
-    campaign = Campaign(server, device, root, rng)
-    schedule = [POINTS[i % len(POINTS)] for i in range(KILL_POINTS + 10)]
+    schedule = [POINTS[i % len(POINTS)] for i in range(KILL_POINTS)]
     rng.shuffle(schedule)
-    next_point = iter(schedule).__next__
+    campaign = Campaign(server, device, root, rng, itertools.cycle(schedule).__next__)
     server.kill()
-    campaign.arm(next_point())
+    campaign.arm()
     read_block = file_blocks(server.data_dir / "blocks")
     cycle = 0
     while len(campaign.kills) < KILL_POINTS:
@@ -128,8 +141,8 @@ def test_server_killed_at_failpoints_and_random_instants(
             oracle.write(path, rng.choice([rng.randint(0, 40_000), rng.randint(300_000, 1_500_000)]))
         if oracle.latest and rng.random() < 0.2:
             oracle.delete(rng.choice(sorted(oracle.latest)))
-        campaign.sync(next_point)
-        for path, (version, digest) in synced_versions(device.home, root).items():
+        campaign.sync()
+        for version, digest in synced_versions(device.home, root).values():
             campaign.acked[version] = digest
         problems = check_server(database_url, read_block, campaign.acked)
         problems += oracle.converged(root)

@@ -154,14 +154,12 @@ class FaultProxy:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
-            body = await reader.readexactly(length)
-            self.up += len(head) + len(body)
             action = "pass"
             if method in self.http_methods:
                 self.http_seen += 1
                 if self.http_faults:
                     action = self.http_faults.pop(0)
-            if action in ("500", "503"):
+            if action in ("500", "503"):  # answered at once, body unread (fine with Expect: 100-continue too)
                 self.http_injected += 1
                 reason = "Internal Server Error" if action == "500" else "Service Unavailable"
                 code = "InternalError" if action == "500" else "ServiceUnavailable"
@@ -174,17 +172,17 @@ class FaultProxy:
                 client.close()
                 up.transport.abort()
                 return
+            self._hold = float(action.split(":", 1)[1]) if action.startswith("slow:") else 0.0
+            self.http_injected += action != "pass"
+            # the head first: a client sending "Expect: 100-continue" waits for the answer to it
+            up.write(head)
+            self.up += len(head)
+            await up.drain()
+            body = await reader.readexactly(length // 2 if action == "reset" else length)
+            self.up += len(body)
+            up.write(body)
+            await up.drain()
             if action == "reset":
-                self.http_injected += 1
-                up.write(head + body[: len(body) // 2])
-                await up.drain()
                 _reset(client)
                 _reset(up)
                 return
-            if action.startswith("slow:"):
-                self.http_injected += 1
-                self._hold = float(action.split(":", 1)[1])
-            else:
-                self._hold = 0.0
-            up.write(head + body)
-            await up.drain()

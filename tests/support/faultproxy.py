@@ -8,6 +8,10 @@ asyncio loop in a thread of its own. Meanwhile a test can:
 - ``reset_all()``: cut every open connection with a TCP reset (both sides);
 - ``refuse = True``: accept new connections and reset them at once;
 - ``retarget(port)``: send new connections somewhere else (a restarted server);
+- ``cut = (pattern, "before" | "after")``: the next time ``pattern`` goes up a
+  connection, reset it just before or just after forwarding it (e.g.
+  ``b"COMMIT;"`` to a PostgreSQL server: the transaction is lost, or
+  committed with its reply lost); ``cuts`` counts them;
 - for HTTP targets (an S3 endpoint), ``http_faults``: a list of actions taken
   on successive requests whose method is in ``http_methods`` — ``"500"`` or
   ``"503"`` (answered by the proxy, never forwarded), ``"reset"`` (half the
@@ -45,6 +49,8 @@ class FaultProxy:
         self.port = 0
         self.up = self.down = 0
         self.refuse = False
+        self.cut: tuple[bytes, str] | None = None
+        self.cuts = 0
         self.http_methods = http_methods
         self.http_faults: list[str] = []
         self.http_seen = self.http_injected = 0
@@ -120,9 +126,18 @@ class FaultProxy:
             for w in pair:
                 w.transport.abort()
 
-    async def _pump_up(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter, _: Any) -> None:
+    async def _pump_up(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter, client: Any) -> None:
         while data := await reader.read(65536):
-            self.up += len(data)
+            cut, self.up = self.cut, self.up + len(data)
+            if cut is not None and cut[0] in data:
+                self.cut, self.cuts = None, self.cuts + 1
+                if cut[1] == "after":
+                    up.write(data)
+                    await up.drain()
+                    await asyncio.sleep(0.05)  # the target has it; its answer goes nowhere
+                _reset(client)
+                _reset(up)
+                return
             up.write(data)
             await up.drain()
         up.write_eof()

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from client import durable, mounts, names
+from client import diskspace, durable, mounts, names
 from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
@@ -104,6 +104,9 @@ class Engine:
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # time.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
+        self._disk_trouble: str | None = (
+            None  # this cycle found the disk full or read-only (client.diskspace)
+        )
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -117,6 +120,13 @@ class Engine:
                 f"{self.root} is missing or is not the folder synced before (no {MARKER} marker); "
                 "if the disk is unmounted, mount it; nothing was changed"
             )
+        try:
+            self._prepare_root(marker)
+        except OSError as e:
+            raise SyncError(diskspace.trouble(e, self.root) or f"cannot prepare {self.root}: {e}") from None
+        self.state.put("initialised", "yes")
+
+    def _prepare_root(self, marker: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
@@ -125,7 +135,6 @@ class Engine:
         for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        self.state.put("initialised", "yes")
 
     def conflict_name(self, path: str) -> str:
         return p.conflict_name(path, self.device, datetime.now())
@@ -197,17 +206,30 @@ class Engine:
         read-only, or uploads that just went over the quota (retried a minute
         later). They are kept on disk and listed in the status."""
         held: dict[str, str] = {}
+        not_down: dict[str, str] = {}
         kept: list[p.Action] = []
         now = time.monotonic()
+        room: int | None = None  # what downloads may still take on the disk (client.diskspace)
         for action in actions:
             refused = mounts.held_back(action, self.spaces)
             if refused is not None:
                 held[refused[0]] = refused[1]
             elif isinstance(action, p.Upload) and self._over_quota.get(action.path, 0) > now:
                 held[action.path] = "not uploaded: storage quota exceeded"
+            elif isinstance(action, p.Download):
+                size = self._size_of(action)
+                room = diskspace.room(self.root) if room is None else room
+                if size > room:
+                    not_down[action.path] = diskspace.held_back(size, room)
+                else:
+                    room -= size
+                    kept.append(action)
             else:
                 kept.append(action)
         self.status["not_uploaded"] = held
+        self.status["not_downloaded"] = not_down
+        if not_down:
+            self._disk_trouble = diskspace.full(self.root, len(not_down))
         return kept
 
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
@@ -219,6 +241,7 @@ class Engine:
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
         settled = time.monotonic() + await self._settling_for()
+        self._disk_trouble = None
         await self.pull()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
@@ -385,7 +408,7 @@ class Engine:
             except (ProtocolError, OSError) as e:
                 if isinstance(e, ProtocolError):
                     self._refused([a.path for a in group], e)
-                message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+                message = e.message if isinstance(e, ProtocolError) else self._os_error(e)
                 log.warning("%s of %d files: %s", type(group[0]).__name__.lower(), len(group), message)
                 self.status["last_error"] = message
         self.status["pending"] -= len(batch)
@@ -522,11 +545,18 @@ class Engine:
         except (ProtocolError, OSError) as e:
             if isinstance(e, ProtocolError) and isinstance(action, p.Upload):
                 self._refused([action.path], e)
-            message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+            message = e.message if isinstance(e, ProtocolError) else self._os_error(e)
             log.warning("%s: %s", type(action).__name__, message)
             self.status["last_error"] = message
         self.status["pending"] -= 1
         self.status["bytes_left"] = max(0, self.status["bytes_left"] - self._size_of(action))
+
+    def _os_error(self, e: OSError) -> str:
+        trouble = diskspace.trouble(e, self.root)
+        if trouble is not None:
+            self._disk_trouble = trouble  # retrying at once would fail the same way: stop
+            return trouble
+        return f"{e.strerror}: {e.filename}"
 
     def _size_of(self, action: p.Action) -> int:
         if isinstance(action, p.Upload):
@@ -745,10 +775,13 @@ class Engine:
 
     async def run_once(self) -> bool:
         """Cycle until nothing is left to do (waiting out files still being written)."""
-        self.check_root()
         try:
+            self.check_root()
             for _ in range(MAX_ROUNDS):
                 actions = await self.cycle()
+                if self._disk_trouble is not None:  # the disk cannot take what is left
+                    self.status.update(state="paused", last_error=self._disk_trouble)
+                    return False
                 if not actions and not self._scan.unstable:
                     # a fixed point: an error of an earlier cycle (a commit that lost a race,
                     # a file that changed meanwhile) was re-planned and is settled
@@ -758,6 +791,9 @@ class Engine:
                     await asyncio.sleep(SETTLE_S)
             self.status["last_error"] = f"still changing after {MAX_ROUNDS} rounds"
             return False
+        except SyncError as e:
+            self.status.update(state="stopped", last_error=str(e))
+            raise
         finally:
             self._write_status()
             await self.remote.close()
@@ -774,7 +810,7 @@ class Engine:
                 try:
                     actions = await self.cycle()
                     delays = backoff_delays(cap=30.0)
-                    busy = bool(actions or self._scan.unstable)
+                    busy = bool(actions or self._scan.unstable) and self._disk_trouble is None
                     timeout = SETTLE_S if busy else 30.0
                 except ConnectionLost as e:
                     self.status.update(state="offline", last_error=str(e))

@@ -29,7 +29,7 @@ from tests.support.crash import Oracle, check_server, digest_of, file_blocks, se
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import Device, FerryServer
 
-KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS", "0") or 60)
+KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 60)
 SEED = int(os.environ.get("FERRY_CRASH_SEED", "1"))
 UPLOADER = ["client.upload.block", "client.upload.committed", "client.state.tx", "random"]
 DOWNLOADER = ["client.download.block", "client.download.staged", "client.download.placed", "client.state.tx",

@@ -31,7 +31,7 @@ from tests.support.crash import (
 )
 from tests.support.servers import Device, FerryServer
 
-KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS", "0") or 40)
+KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 40)
 SEED = int(os.environ.get("FERRY_CRASH_SEED", "1"))
 POINTS = [
     "server.block.tmp",  # block bytes in a temp file, not yet renamed to their name

@@ -8,7 +8,7 @@ resumes and sends only the blocks the server lacks (bytes counted by a proxy
 in front of the server); then both folders and the server hold exactly the
 latest writes, no acknowledged commit is lost and none was applied twice.
 
-``FERRY_CRASH_POINTS=N`` runs N kill points (default 60); ``FERRY_CRASH_SEED``
+``FERRY_CRASH_POINTS=N`` runs N kill points (default 64); ``FERRY_CRASH_SEED``
 picks the schedule (default 1).
 """
 
@@ -29,7 +29,7 @@ from tests.support.crash import Oracle, check_server, digest_of, file_blocks, se
 from tests.support.faultproxy import FaultProxy
 from tests.support.servers import Device, FerryServer
 
-KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 60)
+KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 64)
 SEED = int(os.environ.get("FERRY_CRASH_SEED", "1"))
 UPLOADER = ["client.upload.block", "client.upload.committed", "client.state.tx", "random"]
 DOWNLOADER = ["client.download.block", "client.download.staged", "client.download.placed", "client.state.tx",

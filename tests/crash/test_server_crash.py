@@ -4,7 +4,7 @@ acknowledged commit is lost, every referenced or listed block is stored whole,
 no commit was applied twice, and the client's folder and the server's tree are
 exactly the latest writes (I3, I6).
 
-``FERRY_CRASH_POINTS=N`` runs N kill points (default 40: two thirds with
+``FERRY_CRASH_POINTS=N`` runs N kill points (default 36: two thirds with
 the file block store, a third with S3); ``FERRY_CRASH_SEED``
 picks the schedule (default 1). A failure names the seed and kill point.
 """
@@ -31,7 +31,7 @@ from tests.support.crash import (
 )
 from tests.support.servers import Device, FerryServer
 
-KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 40)
+KILL_POINTS = int(os.environ.get("FERRY_CRASH_POINTS") or 36)
 SEED = int(os.environ.get("FERRY_CRASH_SEED", "1"))
 POINTS = [
     "server.block.tmp",  # block bytes in a temp file, not yet renamed to their name

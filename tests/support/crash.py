@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import random
 import sqlite3
@@ -180,7 +181,7 @@ async def _check_server(
             problems.append(f"acknowledged version {vid} is lost")
         elif digest is not None and v["content_hash"] is not None and bytes(v["content_hash"]) != digest:
             problems.append(f"acknowledged version {vid} ({v['path']}) has other content now")
-    for a, b in zip(versions, versions[1:], strict=False):
+    for a, b in itertools.pairwise(versions):
         same = ("namespace_id", "file_id", "path", "deleted", "size", "mtime_ns", "content_hash")
         if all(a[k] == b[k] for k in same):
             problems.append(

@@ -22,10 +22,11 @@ import hashlib
 import logging
 import os
 import random
+import sqlite3
 import stat as st
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -873,8 +874,13 @@ def write_status(home: Path, folder: str, status: dict[str, Any]) -> None:
         everything = {}
     everything.setdefault("folders", {})[folder] = status
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(everything, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(everything, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+    except OSError as e:  # a full or read-only disk: the status is a report, the sync goes on
+        log.warning("cannot write the status file %s: %s", path, e.strerror)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def read_status(home: Path) -> dict[str, Any]:
@@ -884,22 +890,37 @@ def read_status(home: Path) -> dict[str, Any]:
         return {"folders": {}}
 
 
+@contextlib.contextmanager
+def _state_errors(home: Path) -> Iterator[None]:
+    """The local state cannot be read or written (its disk full or read-only,
+    most often): one clear line instead of SQLite's traceback."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise SyncError(
+            f"cannot use the local sync state under {home} ({e}); is its disk full or read-only? "
+            "the next sync picks up where this one stopped"
+        ) from None
+
+
 async def sync_once(
     root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float
 ) -> bool:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
-    try:
-        return await engine.run_once()
-    finally:
-        engine.state.close()
+    with _state_errors(home):
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
+        try:
+            return await engine.run_once()
+        finally:
+            engine.state.close()
 
 
 async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_deletes: bool) -> None:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
-    try:
-        await engine.run_forever()
-    finally:
-        engine.state.close()
+    with _state_errors(home):
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
+        try:
+            await engine.run_forever()
+        finally:
+            engine.state.close()
 
 
 def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:

@@ -5,6 +5,7 @@ completes once space returns or the disk is writable again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -109,5 +110,39 @@ def test_read_only_disk_then_writable(
     assert alice.run("sync", str(a), "--once").returncode == 0 and oracle.converged(a) == []
 
     _remount(small_disk, "rw")
+    laptop.run("sync", str(b), "--once", check=True)
+    assert oracle.converged(b) == []
+
+
+def test_completely_full_disk_holding_the_state_too(
+    make_server: Callable[..., FerryServer], small_disk: Path, tmp_path: Path
+) -> None:
+    """Found by this test: the sync state (SQLite) on a disk with no byte left
+    failed with a traceback (sqlite3.OperationalError: disk I/O error)."""
+    server, alice = _setup(make_server, tmp_path)
+    rng = random.Random(5)
+    a = tmp_path / "a"
+    a.mkdir()
+    oracle = Oracle(a, rng)
+    original = oracle.write("/keep.txt", 1_000)
+    alice.run("sync", str(a), "--once", check=True)
+    laptop = Device(small_disk / "home", server).login("alice", "alice-pw", "laptop")
+    b = small_disk / "sync"
+    laptop.run("sync", str(b), "--once", check=True)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:  # another program takes every last byte
+            f.write(bytes(65536))
+    for i in range(5):
+        oracle.write(f"/n{i}.txt", 100)
+    alice.run("sync", str(a), "--once", check=True)
+
+    r = laptop.run("sync", str(b), "--once")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "is its disk full or read-only?" in r.stderr, r.stderr
+    assert (b / "keep.txt").read_bytes() == original
+    assert oracle.disk_problems(b) == []
+
+    filler.unlink()  # space returns
     laptop.run("sync", str(b), "--once", check=True)
     assert oracle.converged(b) == []

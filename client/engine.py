@@ -813,8 +813,11 @@ class Engine:
                     delays = backoff_delays(cap=30.0)
                     busy = bool(actions or self._scan.unstable) and self._disk_trouble is None
                     timeout = SETTLE_S if busy else 30.0
-                except ConnectionLost as e:
-                    self.status.update(state="offline", last_error=str(e))
+                except (ConnectionLost, ProtocolError) as e:
+                    if isinstance(e, ProtocolError) and e.code != ErrorCode.UNAVAILABLE:
+                        raise
+                    # the server, or its database or block store, is away: wait, never give up
+                    self.status.update(state="offline", last_error=getattr(e, "message", str(e)))
                     self._write_status()
                     timeout = next(delays)
                 self._write_status()

@@ -59,6 +59,9 @@ class Remote:
         return self.conn
 
     async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
+        """Run ``op``, again after a dropped connection or while the server
+        answers ``unavailable`` (its database or block store is away for a
+        moment): operations are idempotent, commits carry their key."""
         deadline = time.monotonic() + self.retry_for
         delays = backoff_delays()
         while True:
@@ -71,6 +74,11 @@ class Remote:
                     self.conn = None
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+            except ProtocolError as e:
+                delay = next(delays)
+                if e.code != ErrorCode.UNAVAILABLE or time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -129,3 +130,51 @@ def test_postgres_crashed_and_restarted_during_syncs(private_pg: PrivatePostgres
     finally:
         server.stop()
         to_server.stop()
+
+
+def test_live_client_rides_out_postgres_down_and_hears_pushes_again(
+    private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    """Found by this test: a live ``ferry sync`` exited ("database unavailable,
+    retry shortly") when a cycle met the server without its database. It must
+    wait (status ``offline``), then carry on; and hear of others' commits
+    again once the server's LISTEN connection is back (it reconnects by itself)."""
+    server = FerryServer(tmp_path / "server", private_pg.url)
+    server.start()
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        assert server.admin("user", "add", "alice", "--password-stdin", stdin="pw\n").returncode == 0
+        writer = Device(tmp_path / "writer", server).login("alice", "pw", "writer")
+        reader = Device(tmp_path / "reader", server).login("alice", "pw", "reader")
+        a, b = tmp_path / "a", tmp_path / "b"
+        a.mkdir()
+        oracle = Oracle(a, random.Random(2))
+        oracle.write("/first.txt", 100)
+        _sync_until_done(writer, a)
+        watcher = reader.popen("sync", str(b))
+        _wait(lambda: oracle.converged(b) == [], "the live client's first sync")
+        private_pg.crash()
+        (b / "made-meanwhile.txt").write_bytes(b"written while the database was down")
+        _wait(
+            lambda: watcher.poll() is not None or "offline" in reader.run("status").stdout, "status offline"
+        )
+        assert watcher.poll() is None, watcher.communicate()
+        private_pg.start()
+        oracle.write("/second.txt", 100)
+        _sync_until_done(writer, a)
+        # well before the live client's 30 s safety rescan: the push did it
+        _wait(lambda: (b / "second.txt").exists(), "the push after the restart", within=20)
+        _wait(lambda: _sync_until_done(writer, a) == 0 and (a / "made-meanwhile.txt").exists(), "the upload")
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.communicate(timeout=30)
+        server.stop()
+
+
+def _wait(done: Callable[[], bool], what: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not done():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
+        time.sleep(0.1)

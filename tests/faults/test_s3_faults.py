@@ -69,7 +69,7 @@ def test_s3_faults(
 
     # 1. S3 fails every attempt at some PUTs (botocore tries 3 times): a clear error, nothing committed
     src, data = _file(tmp_path, "big.bin", 6_000_000, 1)
-    s3.http_faults = ["pass"] * 2 + ["503", "500"] * 40  # the first two PUTs get through
+    s3.http_faults = ["pass"] * 2 + ["503", "500"] * 500  # the first two PUTs get through
     r = device.run("put", str(src), "/big.bin", "-q")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "block store" in r.stderr and "unreachable" in r.stderr, r.stderr  # says what is wrong

@@ -12,6 +12,10 @@ and after ``COMMIT``, between a commit and its reply, in the middle of GC's
 deletions; on the client, mid-download, between staging and rename, between
 rename and the state update, and inside a state transaction. README
 (Development) lists them.
+
+It lives here because the server and the client both pass failpoints and may
+not import each other; beyond reading one environment variable it does
+nothing unless armed.
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@
 asyncio loop in a thread of its own. Meanwhile a test can:
 
 - count the bytes each way (``up``: client to target, ``down``: back);
-- ``reset_all()``: cut every open connection with a TCP reset (both sides);
-- ``refuse = True``: accept new connections and reset them at once;
-- ``retarget(port)``: send new connections somewhere else (a restarted server);
 - ``cut = (pattern, "before" | "after")``: the next time ``pattern`` goes up a
   connection, reset it just before or just after forwarding it (e.g.
   ``b"COMMIT;"`` to a PostgreSQL server: the transaction is lost, or
@@ -48,7 +45,6 @@ class FaultProxy:
         self.target_port = target_port
         self.port = 0
         self.up = self.down = 0
-        self.refuse = False
         self.cut: tuple[bytes, str] | None = None
         self.cuts = 0
         self.http_methods = http_methods
@@ -59,6 +55,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._http = False
+        self._hold = 0.0  # seconds each answer is held back (set by a "slow:S" fault)
 
     # --- control (from the test's thread) --------------------------------------------
 
@@ -72,16 +69,6 @@ class FaultProxy:
         self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-    def retarget(self, port: int) -> None:
-        self.target_port = port
-
-    def reset_all(self) -> int:
-        """Reset every open connection; how many there were."""
-        return self._call(self._reset_all())
-
-    def count(self) -> tuple[int, int]:
-        return self.up, self.down
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -97,18 +84,13 @@ class FaultProxy:
             self._server.close()
         await self._reset_all()
 
-    async def _reset_all(self) -> int:
-        pairs = list(self._pairs)
-        for a, b in pairs:
+    async def _reset_all(self) -> None:
+        for a, b in list(self._pairs):
             _reset(a)
             _reset(b)
         self._pairs.clear()
-        return len(pairs)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refuse:
-            _reset(writer)
-            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -151,8 +133,6 @@ class FaultProxy:
             await writer.drain()
         with contextlib.suppress(OSError):
             writer.write_eof()
-
-    _hold = 0.0  # seconds each answer is held back (set by a "slow:S" fault)
 
     async def _http_requests(
         self, reader: asyncio.StreamReader, up: asyncio.StreamWriter, client: asyncio.StreamWriter

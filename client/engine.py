@@ -105,9 +105,8 @@ class Engine:
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # time.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
-        self._disk_trouble: str | None = (
-            None  # this cycle found the disk full or read-only (client.diskspace)
-        )
+        # why this cycle found the disk full or read-only (client.diskspace), if it did
+        self._disk_trouble: str | None = None
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -205,7 +204,8 @@ class Engine:
     def _hold_back(self, actions: list[p.Action]) -> list[p.Action]:
         """Leave out changes the server would refuse: in a folder shared with us
         read-only, or uploads that just went over the quota (retried a minute
-        later). They are kept on disk and listed in the status."""
+        later). They are kept on disk and listed in the status. Leave out, too,
+        downloads the disk has no room for (:mod:`client.diskspace`)."""
         held: dict[str, str] = {}
         not_down: dict[str, str] = {}
         kept: list[p.Action] = []

@@ -347,6 +347,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  skipped: {k}: {why}")
         for k, why in (f.get("not_uploaded") or {}).items():
             print(f"  kept here, {why}: {k}")
+        for k, why in (f.get("not_downloaded") or {}).items():
+            print(f"  {why}: {k}")
     return 0
 
 

@@ -22,17 +22,18 @@ import hashlib
 import logging
 import os
 import random
+import sqlite3
 import stat as st
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from client import durable, mounts, names
+from client import diskspace, durable, mounts, names
 from client import planner as p
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
@@ -48,6 +49,7 @@ from client.transfer import (
     send_file,
 )
 from client.transport import ConnectionLost, backoff_delays
+from protocol import failpoints
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
@@ -103,6 +105,8 @@ class Engine:
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # time.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
+        # why this cycle found the disk full or read-only (client.diskspace), if it did
+        self._disk_trouble: str | None = None
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -116,6 +120,13 @@ class Engine:
                 f"{self.root} is missing or is not the folder synced before (no {MARKER} marker); "
                 "if the disk is unmounted, mount it; nothing was changed"
             )
+        try:
+            self._prepare_root(marker)
+        except OSError as e:
+            raise SyncError(diskspace.trouble(e, self.root) or f"cannot prepare {self.root}: {e}") from None
+        self.state.put("initialised", "yes")
+
+    def _prepare_root(self, marker: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
@@ -124,7 +135,6 @@ class Engine:
         for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        self.state.put("initialised", "yes")
 
     def conflict_name(self, path: str) -> str:
         return p.conflict_name(path, self.device, datetime.now())
@@ -194,19 +204,33 @@ class Engine:
     def _hold_back(self, actions: list[p.Action]) -> list[p.Action]:
         """Leave out changes the server would refuse: in a folder shared with us
         read-only, or uploads that just went over the quota (retried a minute
-        later). They are kept on disk and listed in the status."""
+        later). They are kept on disk and listed in the status. Leave out, too,
+        downloads the disk has no room for (:mod:`client.diskspace`)."""
         held: dict[str, str] = {}
+        not_down: dict[str, str] = {}
         kept: list[p.Action] = []
         now = time.monotonic()
+        room: int | None = None  # what downloads may still take on the disk (client.diskspace)
         for action in actions:
             refused = mounts.held_back(action, self.spaces)
             if refused is not None:
                 held[refused[0]] = refused[1]
             elif isinstance(action, p.Upload) and self._over_quota.get(action.path, 0) > now:
                 held[action.path] = "not uploaded: storage quota exceeded"
+            elif isinstance(action, p.Download):
+                size = self._size_of(action)
+                room = diskspace.room(self.root) if room is None else room
+                if size > room:
+                    not_down[action.path] = diskspace.held_back(size, room)
+                else:
+                    room -= size
+                    kept.append(action)
             else:
                 kept.append(action)
         self.status["not_uploaded"] = held
+        self.status["not_downloaded"] = not_down
+        if not_down:
+            self._disk_trouble = diskspace.full(self.root, len(not_down))
         return kept
 
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
@@ -218,6 +242,7 @@ class Engine:
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
         settled = time.monotonic() + await self._settling_for()
+        self._disk_trouble = None
         await self.pull()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
@@ -384,7 +409,7 @@ class Engine:
             except (ProtocolError, OSError) as e:
                 if isinstance(e, ProtocolError):
                     self._refused([a.path for a in group], e)
-                message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+                message = e.message if isinstance(e, ProtocolError) else self._os_error(e)
                 log.warning("%s of %d files: %s", type(group[0]).__name__.lower(), len(group), message)
                 self.status["last_error"] = message
         self.status["pending"] -= len(batch)
@@ -429,6 +454,7 @@ class Engine:
             return await conn.call(lambda i: m.CommitBatch(i, key, files), m.CommittedBatch)  # type: ignore[no-any-return]
 
         done = await self.remote.run(send_and_commit)
+        failpoints.hit("client.upload.committed")
         records = []
         for (action, st_, blocks), result in zip(items, done.results, strict=True):
             if result.entry is None:
@@ -476,6 +502,7 @@ class Engine:
                 if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
+                failpoints.hit("client.download.block")
 
             await asyncio.gather(*(one(h) for h in wanted if h not in got))
 
@@ -484,6 +511,7 @@ class Engine:
         staged = await asyncio.to_thread(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
                                                                  for _, e in todo])  # fmt: skip
         got.clear()
+        failpoints.hit("client.download.staged")
         placed: list[tuple[str, m.Entry, Path]] = []
         try:
             for (path, entry), tmp in zip(todo, staged, strict=True):
@@ -495,6 +523,7 @@ class Engine:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, dest)
                 placed.append((path, entry, dest))
+                failpoints.hit("client.download.placed")
         finally:
             for tmp in staged:
                 with contextlib.suppress(FileNotFoundError):
@@ -519,11 +548,18 @@ class Engine:
         except (ProtocolError, OSError) as e:
             if isinstance(e, ProtocolError) and isinstance(action, p.Upload):
                 self._refused([action.path], e)
-            message = e.message if isinstance(e, ProtocolError) else f"{e.strerror}: {e.filename}"
+            message = e.message if isinstance(e, ProtocolError) else self._os_error(e)
             log.warning("%s: %s", type(action).__name__, message)
             self.status["last_error"] = message
         self.status["pending"] -= 1
         self.status["bytes_left"] = max(0, self.status["bytes_left"] - self._size_of(action))
+
+    def _os_error(self, e: OSError) -> str:
+        trouble = diskspace.trouble(e, self.root)
+        if trouble is not None:
+            self._disk_trouble = trouble  # retrying at once would fail the same way: stop
+            return trouble
+        return f"{e.strerror}: {e.filename}"
 
     def _size_of(self, action: p.Action) -> int:
         if isinstance(action, p.Upload):
@@ -623,6 +659,7 @@ class Engine:
         digest = content_hash(plan.hashes)
         key = f"sync-{uuid.uuid4()}"
         done = await self.remote.run(lambda conn: commit_blocks(conn, src, path, plan, stat, parent, key))
+        failpoints.hit("client.upload.committed")
         executable = bool(stat.st_mode & st.S_IXUSR)
         self.state.record(
             path, done.entry, Observed(stat.st_size, stat.st_mtime_ns, stat.st_ino, digest, executable)
@@ -640,12 +677,14 @@ class Engine:
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
+        failpoints.hit("client.download.staged")
         try:
             if not self._unchanged(path):
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
                 log.info("%s changed locally during download; re-planning", path)
                 return
             await asyncio.to_thread(place, tmp, dest)
+            failpoints.hit("client.download.placed")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -739,10 +778,13 @@ class Engine:
 
     async def run_once(self) -> bool:
         """Cycle until nothing is left to do (waiting out files still being written)."""
-        self.check_root()
         try:
+            self.check_root()
             for _ in range(MAX_ROUNDS):
                 actions = await self.cycle()
+                if self._disk_trouble is not None:  # the disk cannot take what is left
+                    self.status.update(state="paused", last_error=self._disk_trouble)
+                    return False
                 if not actions and not self._scan.unstable:
                     # a fixed point: an error of an earlier cycle (a commit that lost a race,
                     # a file that changed meanwhile) was re-planned and is settled
@@ -752,6 +794,9 @@ class Engine:
                     await asyncio.sleep(SETTLE_S)
             self.status["last_error"] = f"still changing after {MAX_ROUNDS} rounds"
             return False
+        except SyncError as e:
+            self.status.update(state="stopped", last_error=str(e))
+            raise
         finally:
             self._write_status()
             await self.remote.close()
@@ -768,10 +813,13 @@ class Engine:
                 try:
                     actions = await self.cycle()
                     delays = backoff_delays(cap=30.0)
-                    busy = bool(actions or self._scan.unstable)
+                    busy = bool(actions or self._scan.unstable) and self._disk_trouble is None
                     timeout = SETTLE_S if busy else 30.0
-                except ConnectionLost as e:
-                    self.status.update(state="offline", last_error=str(e))
+                except (ConnectionLost, ProtocolError) as e:
+                    if isinstance(e, ProtocolError) and e.code != ErrorCode.UNAVAILABLE:
+                        raise
+                    # the server, or its database or block store, is away: wait, never give up
+                    self.status.update(state="offline", last_error=getattr(e, "message", str(e)))
                     self._write_status()
                     timeout = next(delays)
                 self._write_status()
@@ -831,8 +879,13 @@ def write_status(home: Path, folder: str, status: dict[str, Any]) -> None:
         everything = {}
     everything.setdefault("folders", {})[folder] = status
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(everything, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(everything, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+    except OSError as e:  # a full or read-only disk: the status is a report, the sync goes on
+        log.warning("cannot write the status file %s: %s", path, e.strerror)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def read_status(home: Path) -> dict[str, Any]:
@@ -842,22 +895,37 @@ def read_status(home: Path) -> dict[str, Any]:
         return {"folders": {}}
 
 
+@contextlib.contextmanager
+def _state_errors(home: Path) -> Iterator[None]:
+    """The local state cannot be read or written (its disk full or read-only,
+    most often): one clear line instead of SQLite's traceback."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise SyncError(
+            f"cannot use the local sync state under {home} ({e}); is its disk full or read-only? "
+            "the next sync picks up where this one stopped"
+        ) from None
+
+
 async def sync_once(
     root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float
 ) -> bool:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
-    try:
-        return await engine.run_once()
-    finally:
-        engine.state.close()
+    with _state_errors(home):
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
+        try:
+            return await engine.run_once()
+        finally:
+            engine.state.close()
 
 
 async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_deletes: bool) -> None:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
-    try:
-        await engine.run_forever()
-    finally:
-        engine.state.close()
+    with _state_errors(home):
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
+        try:
+            await engine.run_forever()
+        finally:
+            engine.state.close()
 
 
 def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:

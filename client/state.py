@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from client.planner import Node
+from protocol import failpoints
 from protocol import messages as m
 from protocol.framing import dumps, from_wire
 
@@ -93,6 +94,7 @@ class State:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                failpoints.hit("client.state.tx")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise

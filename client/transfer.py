@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from client import durable
 from client.home import Credentials
 from client.transport import Connection, ConnectionLost, backoff_delays, connect
+from protocol import failpoints
 from protocol import messages as m
 from protocol.chunking import chunk_stream
 from protocol.errors import ErrorCode, ProtocolError
@@ -58,6 +59,9 @@ class Remote:
         return self.conn
 
     async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
+        """Run ``op``, again after a dropped connection or while the server
+        answers ``unavailable`` (its database or block store is away for a
+        moment): operations are idempotent, commits carry their key."""
         deadline = time.monotonic() + self.retry_for
         delays = backoff_delays()
         while True:
@@ -70,6 +74,11 @@ class Remote:
                     self.conn = None
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+            except ProtocolError as e:
+                delay = next(delays)
+                if e.code != ErrorCode.UNAVAILABLE or time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
 
@@ -360,6 +369,7 @@ async def fetch(
                     data = await conn.get_block(ref.hash)
                     await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
                     done.add(i)
+                    failpoints.hit("client.download.block")
                     progress(ref.size)
 
             await gather_all([one(i) for i in range(len(entry.blocks or [])) if i not in done])

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from protocol import PROTOCOL_VERSIONS, framing
+from protocol import PROTOCOL_VERSIONS, failpoints, framing
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -141,6 +141,7 @@ class Connection:
     async def put_block(self, h: bytes, data: bytes | memoryview) -> None:
         req_id = next(self._ids)
         await self._roundtrip(req_id, framing.encode_block(framing.KIND_PUT, req_id, h, data))
+        failpoints.hit("client.upload.block")
 
     async def get_block(self, h: bytes) -> memoryview | bytes:
         req_id = next(self._ids)

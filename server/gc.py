@@ -29,6 +29,15 @@ the block's row lock:
   the row, and commits. A commit that comes after finds the row gone and
   answers ``missing_blocks``, so the client sends the block again.
 
+A GC killed between deleting objects and committing would leave rows whose
+objects are gone, and the server would tell clients it holds those blocks.
+So before deleting, GC marks the blocks in ``gc_doomed`` from a second
+connection (committed at once), and unmarks them in the transaction that
+deletes their rows. Readers check the mark after taking the row lock (so a
+GC still running has finished): a marked block is not stored, and an upload
+of it stores the bytes again and clears the mark. The next run first settles
+marks a killed run left: rows whose object is gone are removed.
+
 *fsck* reads every block the database lists from the store (bypassing the
 cache), checks its SHA-256, and lists the versions that reference a missing
 or corrupt block. ``--repair`` marks them damaged (``get`` then refuses them
@@ -49,6 +58,7 @@ from typing import Any
 
 import asyncpg
 
+from protocol import failpoints
 from protocol.errors import ErrorCode, ProtocolError
 from server.blockstore import BlockNotFound, BlockStore, BlockStoreError
 from server.config import Settings
@@ -230,7 +240,9 @@ async def _candidates(conn: Any, grace: float) -> list[asyncpg.Record]:
     )
 
 
-async def _sweep(conn: Any, store: BlockStore, hashes: list[bytes], grace: float, report: GcReport) -> None:
+async def _sweep(
+    pool: asyncpg.Pool, conn: Any, store: BlockStore, hashes: list[bytes], grace: float, report: GcReport
+) -> None:
     async with conn.transaction():
         locked = await conn.fetch(
             "SELECT hash FROM blocks WHERE hash = ANY($1::bytea[]) FOR UPDATE SKIP LOCKED", hashes
@@ -242,12 +254,18 @@ async def _sweep(conn: Any, store: BlockStore, hashes: list[bytes], grace: float
             [r["hash"] for r in locked],
             grace,
         )
+        # committed before any object goes (another connection: ours holds the rows)
+        await pool.execute(
+            "INSERT INTO gc_doomed (hash) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+            [r["hash"] for r in doomed],
+        )
         slots = asyncio.Semaphore(PARALLEL)
 
         async def delete(h: bytes) -> bool:
             async with slots:
                 try:
                     await store.delete(h)
+                    failpoints.hit("server.gc.delete")
                     return True
                 except BlockStoreError as e:
                     log.warning("gc: cannot delete block %s: %s", h.hex(), e)
@@ -257,6 +275,7 @@ async def _sweep(conn: Any, store: BlockStore, hashes: list[bytes], grace: float
         removed = [bytes(r["hash"]) for r, ok in zip(doomed, done, strict=True) if ok]
         await conn.execute("DELETE FROM uploads WHERE hash = ANY($1::bytea[])", removed)
         await conn.execute("DELETE FROM blocks WHERE hash = ANY($1::bytea[])", removed)
+        await conn.execute("DELETE FROM gc_doomed WHERE hash = ANY($1::bytea[])", [r["hash"] for r in doomed])
     report.blocks_removed += len(removed)
     report.bytes_removed += sum(r["size"] for r, ok in zip(doomed, done, strict=True) if ok)
     report.blocks_failed += len(doomed) - len(removed)
@@ -293,11 +312,31 @@ async def run_gc(
             finally:
                 await tx.rollback()
             return report
+        await settle_interrupted(conn, store)
         await _prune_all(conn, keep_versions_days, report, in_one_tx=False)
         hashes = [bytes(r["hash"]) for r in await _candidates(conn, grace)]
         for i in range(0, len(hashes), BATCH):
-            await _sweep(conn, store, hashes[i : i + BATCH], grace, report)
+            await _sweep(pool, conn, store, hashes[i : i + BATCH], grace, report)
     return report
+
+
+async def settle_interrupted(conn: Any, store: BlockStore) -> None:
+    """Settle the marks a killed GC left (the caller holds the GC lock, so no
+    sweep is running): a block whose object is gone loses its rows; one whose
+    object is still there (deleted before, or stored again since) keeps them."""
+    marked = [bytes(r["hash"]) for r in await conn.fetch("SELECT hash FROM gc_doomed")]
+    real = getattr(store, "inner", store)  # what is really stored, not a copy this process cached
+    for i in range(0, len(marked), BATCH):
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "SELECT hash FROM blocks WHERE hash = ANY($1::bytea[]) FOR UPDATE", marked[i : i + BATCH]
+            )
+            gone = [bytes(r["hash"]) for r in rows if not await real.has(bytes(r["hash"]))]
+            await conn.execute("DELETE FROM uploads WHERE hash = ANY($1::bytea[])", gone)
+            await conn.execute("DELETE FROM blocks WHERE hash = ANY($1::bytea[])", gone)
+            await conn.execute("DELETE FROM gc_doomed WHERE hash = ANY($1::bytea[])", marked[i : i + BATCH])
+        if gone:
+            log.warning("gc: %d block(s) an interrupted GC run deleted are forgotten", len(gone))
 
 
 async def run_periodically(pool: asyncpg.Pool, store: BlockStore, settings: Settings) -> None:

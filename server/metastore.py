@@ -21,7 +21,7 @@ from typing import Any, cast
 import asyncpg
 import orjson
 
-from protocol import framing
+from protocol import failpoints, framing
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES, content_hash
 from protocol.messages import BatchResult, BlockRef, Entry, Failure, FileCommit, NamespaceInfo
@@ -308,7 +308,9 @@ class MetaStore:
         if not hashes:
             return []
         rows = await self.pool.fetch(
-            f"SELECT b.hash FROM blocks b WHERE b.hash IN ({self._READABLE})", who.user_id, list(hashes)
+            f"SELECT b.hash FROM blocks b WHERE b.hash IN ({self._READABLE}) AND {_NOT_DOOMED}",
+            who.user_id,
+            list(hashes),
         )
         have = {bytes(r["hash"]) for r in rows}
         return [h for h in dict.fromkeys(hashes) if h not in have]
@@ -338,15 +340,18 @@ class MetaStore:
         """Record that ``who`` uploaded a block that is already stored, holding
         its row while doing so: GC (which locks rows before deleting them) can
         then never delete it between our check and our upload record. False if
-        the block is gone (collected since the caller looked): store it again."""
-        return bool(
-            await self.pool.fetchval(
-                "WITH b AS (SELECT hash FROM blocks WHERE hash = $2 FOR KEY SHARE)"
-                " INSERT INTO uploads (user_id, hash) SELECT $1, hash FROM b"
-                " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now() RETURNING true",
-                who.user_id,
-                h,
-            )
+        the block is gone (collected since the caller looked) or may be (a GC
+        was killed deleting it: ``gc_doomed``): store it again."""
+        claimed = await self.pool.fetchval(
+            "WITH b AS (SELECT hash FROM blocks WHERE hash = $2 FOR KEY SHARE)"
+            " INSERT INTO uploads (user_id, hash) SELECT $1, hash FROM b"
+            " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now() RETURNING true",
+            who.user_id,
+            h,
+        )
+        # a fresh statement, after any GC holding the row has finished: its mark is final
+        return bool(claimed) and not await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM gc_doomed WHERE hash = $1)", h
         )
 
     async def record_upload(self, who: Principal, h: bytes, size: int) -> None:
@@ -358,7 +363,8 @@ class MetaStore:
         pairs = sorted({(user, h) for user, h, _ in uploads})  # a row once per statement, in one order
         await self.pool.execute(
             "WITH b AS (INSERT INTO blocks (hash, size) SELECT * FROM unnest($3::bytea[], $4::integer[])"
-            " ORDER BY 1 ON CONFLICT DO NOTHING)"
+            " ORDER BY 1 ON CONFLICT DO NOTHING),"
+            " d AS (DELETE FROM gc_doomed WHERE hash = ANY($3::bytea[]))"  # stored again: whole
             " INSERT INTO uploads (user_id, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])"
             " ON CONFLICT (user_id, hash) DO UPDATE SET created_at = now()",
             [u for u, _ in pairs],
@@ -614,6 +620,8 @@ class MetaStore:
                             key,
                             result,
                         )
+                        failpoints.hit("server.commit.before")
+                    failpoints.hit("server.commit.after")
                     return seq, entry
                 except asyncpg.UniqueViolationError:
                     if attempt:  # a concurrent retry of the same request won; return its result
@@ -722,6 +730,8 @@ class _NewVersion:
 
 
 _DUMMY_HASH = auth.hash_password("not a real password")
+# a block a GC was killed deleting may be gone from the store: not stored (server.gc)
+_NOT_DOOMED = "NOT EXISTS (SELECT 1 FROM gc_doomed d WHERE d.hash = b.hash)"
 
 
 async def usage(conn: Any, user_id: int) -> int:
@@ -857,7 +867,13 @@ class _Tx:
             self.who.user_id,
             list(blocks),
         )
-        return {bytes(r["hash"]): r["size"] for r in rows}
+        sizes = {bytes(r["hash"]): r["size"] for r in rows}
+        if sizes:  # read after the locks, so a GC that held them has finished and its mark is final
+            for r in await self.conn.fetch(
+                "SELECT hash FROM gc_doomed WHERE hash = ANY($1::bytea[])", list(sizes)
+            ):
+                del sizes[bytes(r["hash"])]
+        return sizes
 
     async def write_from(self, old: Entry, *, path: str, deleted: bool = False) -> Entry:
         blocks = [b.hash for b in old.blocks or []]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from protocol import failpoints
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES
 from server.blockstore import BadBlock, BlockNotFound, BlockStore, BlockStoreError, StoreUnavailable
@@ -48,7 +49,9 @@ class Services:
                     return
                 # GC collected it since we looked: store it again (see server.gc)
             await self.blocks.put(h, data)  # verifies, then durable
+            failpoints.hit("server.block.stored")
             await self.meta.record_upload(who, h, len(data))
+            failpoints.hit("server.block.recorded")
 
     async def authenticate(self, authorization: str) -> Principal:
         """Who sends this ``Authorization: Bearer <device token>`` header: the

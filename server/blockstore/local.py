@@ -28,6 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from protocol import failpoints
 from server.blockstore import BadBlock, BlockNotFound, StoreUnavailable, check_hash
 from server.coalesce import Coalescer
 
@@ -189,6 +190,7 @@ class FileBlockStore:
         if not staged:
             return out
         try:
+            failpoints.hit("server.block.tmp")
             if grouped:
                 self._sync_fs()  # every temp file's bytes are on disk
             for _, tmp, final in staged:

@@ -21,6 +21,21 @@ from tests.support.moto_server import TEST_AWS_ENV, free_port
 
 FERRY = [sys.executable, "-c", "from client.cli import main; raise SystemExit(main())"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+# `ferry server` that imports its code, then waits for a line on stdin before it starts
+WARM_SERVER = [
+    sys.executable,
+    "-c",
+    "import sys, server.cli, server.serve, server.app, server.blockstore.local, uvloop,"
+    " uvicorn.protocols.http.httptools_impl, uvicorn.protocols.websockets.websockets_impl;"
+    " sys.stdin.readline(); raise SystemExit(server.cli.main(sys.argv[1:]))",
+]
+# the same for a `ferry` client command
+WARM_CLIENT = [
+    sys.executable,
+    "-c",
+    "import sys, client.cli, client.engine, websockets.asyncio.client;"
+    " sys.stdin.readline(); raise SystemExit(client.cli.main(sys.argv[1:]))",
+]
 
 
 def _run(coro):
@@ -100,15 +115,27 @@ class FerryServer:
     s3_endpoint: str | None = None
     extra: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. FERRY_FAILPOINT for the next start
     proc: subprocess.Popen[bytes] | None = None
+    warm: subprocess.Popen[bytes] | None = None  # see prepare()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> FerryServer:
+    def prepare(self) -> None:
+        """Start the next server process (with today's ``env`` and ``extra``) as
+        far as importing its code, so that ``start()`` takes a fraction of the
+        time: the crash tests restart a server a hundred times."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "server.log", "ab")
+        env = {**os.environ, **TEST_AWS_ENV, **self.env}
+        self.warm = subprocess.Popen(
+            WARM_SERVER + self._args(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def _args(self) -> list[str]:
         cmd = [
-            *FERRY,
             "server",
             "--data-dir",
             str(self.data_dir),
@@ -123,10 +150,21 @@ class FerryServer:
             cmd += ["--blocks", self.blocks]
         if self.s3_endpoint:
             cmd += ["--s3-endpoint", self.s3_endpoint]
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.log", "ab")
-        env = {**os.environ, **TEST_AWS_ENV}
-        self.proc = subprocess.Popen(cmd + self.extra, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return cmd + self.extra
+
+    def start(self, timeout: float = 60) -> FerryServer:
+        if self.warm is not None:
+            self.proc, self.warm = self.warm, None
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.data_dir / "server.log", "ab")
+            env = {**os.environ, **TEST_AWS_ENV, **self.env}
+            self.proc = subprocess.Popen(
+                [*FERRY, *self._args()], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         deadline = time.monotonic() + timeout
         while not _healthy(self.url):
             if self.proc.poll() is not None:
@@ -140,6 +178,10 @@ class FerryServer:
         return (self.data_dir / "server.log").read_text(errors="replace")
 
     def stop(self) -> None:
+        if self.warm is not None:
+            self.warm.kill()
+            self.warm.wait()
+            self.warm = None
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -167,10 +209,12 @@ class Device:
 
     home: Path
     server: FerryServer
+    env: dict[str, str] = field(default_factory=dict)  # e.g. FERRY_FAILPOINT for the next runs
+    warm: tuple[object, subprocess.Popen[str]] | None = None  # see prepare()
 
     def run(self, *args: str, stdin: str | None = None, timeout: float = 120,
             check: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5"}
+        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5", **self.env}
         r = subprocess.run(
             [*FERRY, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env
         )
@@ -179,10 +223,35 @@ class Device:
         return r
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5"}
+        if self.warm is not None and self.warm[0] == (args, sorted(self.env.items())):
+            proc = self.warm[1]
+            self.warm = None
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.close()
+            proc.stdin = None
+            return proc
+        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5", **self.env}
         return subprocess.Popen(
             [*FERRY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
+
+    def prepare(self, *args: str) -> None:
+        """Start the next ``popen(*args)`` (with today's ``env``) as far as
+        importing its code: the crash tests run the client hundreds of times.
+        ``popen`` with other arguments or another ``env`` starts afresh."""
+        self.discard()
+        env = {**os.environ, "FERRY_HOME": str(self.home), "FERRY_RETRY_SECONDS": "5", **self.env}
+        proc = subprocess.Popen([*WARM_CLIENT, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        self.warm = ((args, sorted(self.env.items())), proc)
+
+    def discard(self) -> None:
+        """Stop a prepared command that will not be run."""
+        if self.warm is not None:
+            self.warm[1].kill()
+            self.warm[1].communicate()
+            self.warm = None
 
     def login(self, user: str, password: str, device: str = "laptop") -> Device:
         self.run("login", self.server.url, "--user", user, "--password-stdin", "--device", device,

@@ -9,7 +9,6 @@ test_wire.py::TestCommit and test_sharing_security.py.)
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 from typing import Any

@@ -128,9 +128,9 @@ def add_bound_flags(p: argparse.ArgumentParser) -> None:
     ):
         p.add_argument("--" + name, type=parse_duration, default=parse_duration(_env(name, default) or default),
                        help=f"{what} (default {default})")  # fmt: skip
-    for name, default in (("max-connections-per-user", 64), ("max-connections-per-ip", 256)):
-        p.add_argument("--" + name, type=parse_count, default=parse_count(_env(name, str(default)) or "0"),
-                       help=f"refuse WebSocket sessions beyond this many (HTTP 429; default {default}; 0 no limit)")  # fmt: skip
+    for name, count in (("max-connections-per-user", "64"), ("max-connections-per-ip", "256")):
+        p.add_argument("--" + name, type=parse_count, default=parse_count(_env(name, count) or count),
+                       help=f"refuse WebSocket sessions beyond this many (HTTP 429; default {count}; 0 no limit)")  # fmt: skip
     p.add_argument("--allowed-origins", type=parse_origins, default=parse_origins(_env("allowed_origins", "") or ""),
                    help="comma-separated browser origins allowed to open a WebSocket besides the server's own")  # fmt: skip
 

@@ -109,7 +109,7 @@ def test_any_json_object_with_a_known_type_decodes_or_is_refused(
     values = st.recursive(
         JSON_LEAVES,
         lambda kids: (
-            st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(names + ["x"]), kids, max_size=4)
+            st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from([*names, "x"]), kids, max_size=4)
         ),
         max_leaves=10,
     )

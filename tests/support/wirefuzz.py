@@ -116,7 +116,7 @@ class FrameFuzzer:
             elif how < 0.8:
                 body[rng.choice(["x", "__proto__", "id ", "Type"])] = rng.choice(NASTY_JSON[:12])
             else:
-                body["id"] = rng.choice(INTS + [None, "1", 1.0])
+                body["id"] = rng.choice([*INTS, None, "1", 1.0])
 
     def mutate_text(self, text: str) -> str:
         rng = self.rng

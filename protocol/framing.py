@@ -175,22 +175,46 @@ def _decoder(tp: Any) -> Decoder:
             return _build(tp, value, where + ".")
 
         return nested
-    if tp in _SCALARS:
-        want, exact = _SCALARS[tp]
-
-        def scalar(value: Any, where: str) -> Any:
-            if (type(value) is not tp) if exact else not isinstance(value, tp):
-                raise _bad(where, want, value)
-            return value
-
-        return scalar
+    if tp is int:
+        return _int
+    if tp is str:
+        return _str
+    if tp is bool:
+        return _bool
     if tp is Any:
         return lambda value, where: value
     raise TypeError(f"no wire form for {tp!r}")  # a bug in messages.py, not bad input
 
 
-_SCALARS: dict[Any, tuple[str, bool]] = {int: ("an integer", True), bool: ("true or false", True),
-                                         str: ("a string", False)}  # fmt: skip
+INT64 = (-(2**63), 2**63 - 1)  # what every side stores (PostgreSQL bigint, SQLite INTEGER)
+
+
+def _int(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise _bad(where, "an integer", value)
+    if not INT64[0] <= value <= INT64[1]:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field {where!r}: {value} is outside the 64-bit integer range"
+        )
+    return value
+
+
+_PATH_FIELDS = {"path", "src", "dst", "after"}  # a NUL there is a bad path, as validate_path says
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(where, "a string", value)
+    if "\x00" in value:  # no store can keep one (PostgreSQL text refuses it)
+        code = ErrorCode.BAD_PATH if where.rsplit(".", 1)[-1] in _PATH_FIELDS else ErrorCode.BAD_REQUEST
+        raise ProtocolError(code, f"field {where!r}: contains a NUL character")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        raise _bad(where, "true or false", value)
+    return value
 
 
 def _hash(value: Any, where: str) -> bytes:
@@ -242,7 +266,8 @@ def decode(frame: str | bytes) -> m.Message:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed JSON: {e}") from None
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
-    req_id = body.get("id") if type(body.get("id")) is int else None
+    raw_id = body.get("id")
+    req_id = raw_id if type(raw_id) is int and INT64[0] <= raw_id <= INT64[1] else None
     kind = body.pop("type", None)
     cls = m.BY_TYPE.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -131,6 +131,10 @@ class GetBlock(Message):
     id: int
     hash: bytes
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.id < 2**32:  # the reply's binary header carries it in 32 bits
+            raise ValueError(f"id must be 0 to {2**32 - 1} (a block reply carries it in 32 bits)")
+
 
 @dataclass(frozen=True, slots=True)
 class Commit(Message):

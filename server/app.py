@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, db, gc, links, ws
+from server import api, bounds, db, gc, links, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.metastore import MetaStore
@@ -61,7 +61,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await blocks.close()
             await pool.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz),
             *api.routes(),
@@ -70,3 +70,6 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    app.state.sessions_per_ip = bounds.Counter(settings.max_connections_per_ip)
+    app.state.sessions_per_user = bounds.Counter(settings.max_connections_per_user)
+    return app

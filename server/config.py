@@ -56,8 +56,12 @@ class Settings:
     cache_bytes: int = 32 * 1024 * 1024
     max_block: int = MAX_BLOCK
     max_in_flight: int = 1024  # requests per connection (and IN_FLIGHT_BYTES of them: server.ws)
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 90.0
+    handshake_timeout: float = 10.0  # for the HTTP upgrade head, and again for the hello frame
+    idle_timeout: float = 90.0  # a session with no frame (not even a ping) for this long is closed
+    send_timeout: float = 30.0  # a client that takes no reply for this long is cut off
+    max_connections_per_user: int = 64  # live WebSocket sessions per user (0: no limit)
+    max_connections_per_ip: int = 256  # ... and per client address (0: no limit)
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides the server's own
     log_level: str = "info"
     keep_versions_days: int = 180  # 0: forever
     gc_every: float = 3600.0  # seconds between background GC runs; 0: never
@@ -112,6 +116,34 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_retention_flags(p, default=True)
     p.add_argument("--gc-every", type=parse_duration, default=parse_duration(_env("gc_every", "1h") or "1h"),
                    help="run retention pruning and GC in the background this often (default 1h; 0 never)")  # fmt: skip
+    add_bound_flags(p)
+
+
+def add_bound_flags(p: argparse.ArgumentParser) -> None:
+    """Bounds on what one client may hold (see server.bounds)."""
+    for name, default, what in (
+        ("handshake-timeout", "10s", "close a connection whose upgrade request or hello takes longer"),
+        ("idle-timeout", "90s", "close a session that sends nothing (not even a ping) for this long"),
+        ("send-timeout", "30s", "cut off a client that takes no reply for this long (it stopped reading)"),
+    ):
+        p.add_argument("--" + name, type=parse_duration, default=parse_duration(_env(name, default) or default),
+                       help=f"{what} (default {default})")  # fmt: skip
+    for name, count in (("max-connections-per-user", "64"), ("max-connections-per-ip", "256")):
+        p.add_argument("--" + name, type=parse_count, default=parse_count(_env(name, count) or count),
+                       help=f"refuse WebSocket sessions beyond this many (HTTP 429; default {count}; 0 no limit)")  # fmt: skip
+    p.add_argument("--allowed-origins", type=parse_origins, default=parse_origins(_env("allowed_origins", "") or ""),
+                   help="comma-separated browser origins allowed to open a WebSocket besides the server's own")  # fmt: skip
+
+
+def parse_count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a whole number; 0 means no limit)")
+    return int(text)
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``"https://a.example, https://b.example"`` → both, without trailing slashes."""
+    return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
 def add_retention_flags(p: argparse.ArgumentParser, default: bool) -> None:
@@ -130,7 +162,9 @@ def add_retention_flags(p: argparse.ArgumentParser, default: bool) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(data_dir=args.data_dir, database_url=args.database_url or None)
     for name in ("host", "port", "blocks", "s3_endpoint", "cache_bytes", "log_level",
-                 "keep_versions_days", "gc_every", "gc_grace"):  # fmt: skip
+                 "keep_versions_days", "gc_every", "gc_grace", "handshake_timeout", "idle_timeout",
+                 "send_timeout", "max_connections_per_user", "max_connections_per_ip",
+                 "allowed_origins"):  # fmt: skip
         if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
     return s

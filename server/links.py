@@ -17,7 +17,6 @@ processes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
@@ -128,7 +127,7 @@ async def _check_password(services: Services, link: Any, password: str | None) -
             status_code=429,
             headers={"Retry-After": str(max(wait, 1))},
         )
-    if not await asyncio.to_thread(auth.verify_password, link["password_hash"], password):
+    if not await auth.verify_password(link["password_hash"], password):
         return PlainTextResponse("wrong password", status_code=401, headers=ask)
     await pool.execute(
         "UPDATE links SET failures = greatest(failures - 1, 0) WHERE namespace_id = $1 AND link_id = $2", *key

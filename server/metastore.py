@@ -99,12 +99,13 @@ class MetaStore:
     async def add_user(self, name: str, password: str) -> int:
         if not name or len(name) > 64 or not name.isprintable() or "/" in name:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid user name {name!r}")
+        hashed = await auth.hash_password(password)
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 user_id = await conn.fetchval(
                     "INSERT INTO users (name, password_hash) VALUES ($1, $2) RETURNING user_id",
                     name,
-                    auth.hash_password(password),
+                    hashed,
                 )
             except asyncpg.UniqueViolationError:
                 raise ProtocolError(ErrorCode.EXISTS, f"user {name!r} already exists") from None
@@ -121,7 +122,7 @@ class MetaStore:
 
     async def set_password(self, name: str, password: str) -> None:
         done = await self.pool.execute(
-            "UPDATE users SET password_hash = $2 WHERE name = $1", name, auth.hash_password(password)
+            "UPDATE users SET password_hash = $2 WHERE name = $1", name, await auth.hash_password(password)
         )
         if done.endswith(" 0"):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no user named {name!r}")
@@ -139,7 +140,7 @@ class MetaStore:
         row = await self.pool.fetchrow("SELECT user_id, password_hash FROM users WHERE name = $1", name)
         # verify against a dummy hash for unknown users so timing does not reveal who exists
         stored = row["password_hash"] if row else _DUMMY_HASH
-        if not auth.verify_password(stored, password) or row is None:
+        if not await auth.verify_password(stored, password) or row is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "wrong user name or password")
         token = auth.new_token()
         device_id = await self.pool.fetchval(
@@ -729,7 +730,8 @@ class _NewVersion:
     sizes: Sequence[int] = ()
 
 
-_DUMMY_HASH = auth.hash_password("not a real password")
+# an Argon2 hash (default parameters) of a password nobody has, for unknown users
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$rP9nHTS4s7SgeQ9bt3YSNg$Z2qThojX4FLvH6E3TT1g2vtTI2CAv1C49qHhiAp4W4k"
 # a block a GC was killed deleting may be gone from the store: not stored (server.gc)
 _NOT_DOOMED = "NOT EXISTS (SELECT 1 FROM gc_doomed d WHERE d.hash = b.hash)"
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from server import db
 from server.app import create_app
+from server.bounds import ShortCloseProtocol, head_timeout_protocol
 from server.config import Settings
 from server.memory import limit_malloc_arenas
 
@@ -38,8 +39,8 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        ws=os.environ.get("FERRY_WS_IMPL", "websockets"),
+        http=head_timeout_protocol(settings.handshake_timeout),
+        ws=os.environ.get("FERRY_WS_IMPL") or ShortCloseProtocol,
         ws_max_size=settings.max_frame,
         ws_per_message_deflate=False,  # block frames are incompressible; no deflate bombs
         ws_ping_interval=20.0,

@@ -28,7 +28,6 @@ commit, whatever the sessions do.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 from datetime import timedelta
@@ -333,7 +332,7 @@ async def create_link(
     ):
         raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
     token = LINK_PREFIX + secrets.token_urlsafe(24)  # 192 random bits
-    hashed = None if password is None else await asyncio.to_thread(auth.hash_password, password)
+    hashed = None if password is None else await auth.hash_password(password)
     row = await conn.fetchrow(
         "INSERT INTO links (namespace_id, token_hash, path, created_by, expires_at, password_hash)"
         " VALUES ($1, $2, $3, $4, now() + $5::interval, $6) RETURNING link_id, created_at, expires_at",

@@ -6,7 +6,9 @@ each request as its own task, at most ``max_in_flight`` at once and at most
 ``IN_FLIGHT_BYTES`` of request frames: when either is reached the reader stops
 reading, so a flooding client is slowed by TCP back-pressure instead of growing
 queues (and a burst of a thousand small blocks still runs as one group).
-Block reads are bounded apart (``BLOCK_READS``), as their replies are large. A bad request gets an error
+Replies wait in memory until the client reads them, so at most ``BLOCK_READS``
+block reads and ``REPLIES`` other replies are built and unsent at once; a
+client that reads nothing for ``send_timeout`` is cut off. A bad request gets an error
 frame for its id; the session and every other request carry on.
 """
 
@@ -28,30 +30,52 @@ from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.paths import validate_path
 from protocol.version import negotiate
-from server import mounts, sharing, versions
+from server import bounds, mounts, sharing, versions
 from server.metastore import Principal
 from server.services import Services, translate_errors
 
 log = logging.getLogger("ferry.ws")
 SERVER_NAME = "ferry/0.1"
-SEND_TIMEOUT = 60.0
 MAX_QUERY_HASHES = 20_000
 
 
 async def endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
-    try:
-        who = await services.authenticate(websocket.headers.get("authorization", ""))
-    except ProtocolError as e:
-        status = 401 if e.code == ErrorCode.UNAUTHORIZED else 503
-        await websocket.send_denial_response(PlainTextResponse(e.message, status_code=status))
+    settings = services.settings
+    origin = bounds.foreign_origin(websocket.headers, settings.allowed_origins)
+    if origin is not None:
+        why = f"WebSocket from origin {origin} refused: only this server's own pages (and --allowed-origins) may connect"
+        await _deny(websocket, 403, why)
         return
-    await websocket.accept()
-    await Session(websocket, services, who).run()
+    ip = websocket.client.host if websocket.client else ""
+    with websocket.app.state.sessions_per_ip.hold(ip) as admitted:
+        if not admitted:
+            limit = settings.max_connections_per_ip
+            await _deny(websocket, 429, f"too many connections from {ip} (at most {limit}); retry later")
+            return
+        try:
+            who = await services.authenticate(websocket.headers.get("authorization", ""))
+        except ProtocolError as e:
+            await _deny(websocket, 401 if e.code == ErrorCode.UNAUTHORIZED else 503, e.message)
+            return
+        with websocket.app.state.sessions_per_user.hold(who.user_id) as admitted:
+            if not admitted:
+                limit = settings.max_connections_per_user
+                why = f"too many connections for user {who.user} (at most {limit}); close some and retry"
+                await _deny(websocket, 429, why)
+                return
+            await websocket.accept()
+            await Session(websocket, services, who).run()
+
+
+async def _deny(websocket: WebSocket, status: int, why: str) -> None:
+    """Refuse the upgrade with an HTTP status and a one-line reason."""
+    await websocket.send_denial_response(PlainTextResponse(why, status_code=status))
 
 
 IN_FLIGHT_BYTES = 32 * 1024 * 1024  # request frames being handled, per session
 BLOCK_READS = 16  # blocks read for replies and not yet sent, per session
+REPLIES = 16  # other replies being built or waiting to be sent, per session
 
 
 class _Bytes:
@@ -95,6 +119,7 @@ class Session:
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
         self._bytes = _Bytes(IN_FLIGHT_BYTES)
         self._reads = asyncio.Semaphore(BLOCK_READS)
+        self._replies = asyncio.Semaphore(REPLIES)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pushes: dict[int, int] = {}
         self._push_ready = asyncio.Event()
@@ -122,12 +147,12 @@ class Session:
             for t in list(self._tasks):
                 t.cancel()
 
-    async def _receive(self, timeout: float) -> str | bytes:
+    async def _receive(self, timeout: float, waiting_for: str) -> str | bytes:
         try:
             async with asyncio.timeout(timeout):  # not wait_for: no task (and loop turn) per frame
                 msg = await self.ws.receive()
         except TimeoutError:
-            await self._close(1001, "idle timeout")
+            await self._close(1001, f"no {waiting_for} within {timeout:g}s")
             raise WebSocketDisconnect(1001) from None
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
@@ -135,7 +160,7 @@ class Session:
         return text if text is not None else bytes(msg["bytes"])
 
     async def _handshake(self) -> bool:
-        frame = await self._receive(self.settings.handshake_timeout)
+        frame = await self._receive(self.settings.handshake_timeout, "hello")
         try:
             if not isinstance(frame, str):
                 raise ProtocolError(ErrorCode.PROTOCOL, "the first frame must be a hello message")
@@ -168,7 +193,7 @@ class Session:
 
     async def _read_loop(self) -> None:
         while True:
-            frame = await self._receive(self.settings.idle_timeout)
+            frame = await self._receive(self.settings.idle_timeout, "frame (not even a ping)")
             await self._slots.acquire()  # back-pressure: stop reading while full
             held = await self._bytes.acquire(len(frame))
             task = asyncio.create_task(self._handle(frame))
@@ -233,7 +258,7 @@ class Session:
         data: Any = framing.encode(payload) if isinstance(payload, m.Message) else payload
         async with self._send_lock:
             try:
-                async with asyncio.timeout(SEND_TIMEOUT):
+                async with asyncio.timeout(self.settings.send_timeout):  # not wait_for: no task per frame
                     if isinstance(data, str):
                         await self.ws.send_text(data)
                     else:
@@ -253,7 +278,7 @@ class Session:
                 if block.kind != framing.KIND_PUT:
                     raise ProtocolError(ErrorCode.BAD_REQUEST, "clients may only send PUT block frames")
                 await self.services.put_block(self.who, block.hash, block.data)
-                reply: m.Message | bytes = m.Ok(block.id)
+                await self._send(m.Ok(block.id))
             else:
                 msg = framing.decode(frame)
                 req_id = getattr(msg, "id", None)
@@ -264,8 +289,11 @@ class Session:
                         data = await self.services.read_block(msg.hash)
                         await self._send(framing.encode_block(framing.KIND_DATA, msg.id, msg.hash, data))
                     return
-                reply = await self._dispatch(msg)
-            await self._send(reply)
+                # a reply is held from the moment it is built until it is sent:
+                # bound how many exist at once, or a client that never reads
+                # would have the server build every in-flight reply in memory
+                async with self._replies:
+                    await self._send(await self._dispatch(msg))
         except ProtocolError as e:
             if req_id is None and e.detail:
                 req_id = e.detail.get("id")

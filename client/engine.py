@@ -35,6 +35,7 @@ import orjson
 from client import durable, mounts, names
 from client import planner as p
 from client.home import Credentials
+from client.lan.node import LanNode, LanOptions
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
 from client.transfer import (
@@ -42,6 +43,7 @@ from client.transfer import (
     UMASK,
     LocalCopy,
     Remote,
+    block_getter,
     commit_blocks,
     fetch,
     place,
@@ -80,7 +82,7 @@ def folder_id(root: Path) -> str:
 
 class Engine:
     def __init__(self, root: Path, home: Path, creds: Credentials, *, confirm_deletes: bool = False,
-                 retry_for: float = 60.0) -> None:  # fmt: skip
+                 retry_for: float = 60.0, lan: LanOptions | None = None) -> None:  # fmt: skip
         self.root = root.resolve()
         self.home = home
         self.device = creds.device
@@ -103,6 +105,11 @@ class Engine:
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # time.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
+        self.lan = (
+            LanNode(home, lan, creds.server_key, self._ask_tickets, self._locate) if lan and lan.enabled else None
+        )
+        self._index: dict[bytes, list[tuple[str, int, int]]] = {}  # block -> (path, offset, size): what we serve
+        self._index_stale = True
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -131,6 +138,43 @@ class Engine:
 
     def disk(self, path: str) -> Path:
         return self.root / path.lstrip("/")
+
+    # --- LAN peers ----------------------------------------------------------------------
+
+    async def _start_lan(self) -> None:
+        if self.lan is not None:
+            try:
+                await self.lan.start()
+            except OSError as e:  # the sync goes on without peers
+                log.warning("LAN sync off: cannot listen for peers: %s", e)
+                self.lan.note = f"off: cannot listen for peers: {e.strerror or e}"
+                self.lan = None
+
+    async def _ask_tickets(self, fingerprint: bytes) -> m.LanTicketsReply:
+        reply: m.LanTicketsReply = await self.remote.run(
+            lambda conn: conn.call(lambda i: m.LanTickets(i, fingerprint), m.LanTicketsReply)
+        )
+        return reply
+
+    def _locate(self, h: bytes) -> list[tuple[Path, int, int, int]]:
+        """Where this device holds block ``h``, with each file's namespace."""
+        out = []
+        for path, offset, size in self._index.get(h, ()):
+            space = mounts.mount_of(path, self.spaces)
+            if space is not None:
+                out.append((self.disk(path), offset, size, space.ns))
+        return out
+
+    def _rebuild_index(self) -> None:
+        if self.lan is None or not self._index_stale:
+            return
+        index: dict[bytes, list[tuple[str, int, int]]] = {}
+        for path, blocks in self.state.held_files():
+            offset = 0
+            for b in blocks:
+                index.setdefault(b.hash, []).append((path, offset, b.size))
+                offset += b.size
+        self._index, self._index_stale = index, False
 
     # --- one cycle ----------------------------------------------------------------
 
@@ -219,6 +263,9 @@ class Engine:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
         settled = time.monotonic() + await self._settling_for()
         await self.pull()
+        if self.lan is not None:
+            self.lan.begin()  # after the first pull: the connection is up
+            self._rebuild_index()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
         await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
@@ -235,6 +282,7 @@ class Engine:
         actions = p.plan(local, remote, synced, self.conflict_name)
         actions = self._hold_back(self._guard_mass_delete(actions, synced))
         self._touched(actions)
+        self._index_stale = self._index_stale or bool(actions)
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
         self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
         self._write_status()
@@ -469,8 +517,10 @@ class Engine:
         got: dict[bytes, bytes] = {}
 
         async def fetch_all(conn: Any) -> None:
+            get_block = block_getter(conn, self.lan)
+
             async def one(h: bytes) -> None:
-                data = bytes(await conn.get_block(h))
+                data = bytes(await get_block(h))
                 if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
@@ -637,7 +687,7 @@ class Engine:
         dest = self.disk(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
-        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
+        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local, source=self.lan)
         try:
             if not self._unchanged(path):
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
@@ -730,6 +780,9 @@ class Engine:
                 *(k for k in self._scan.tree if CONFLICT_MARK in k and CONFLICT_MARK in k.rsplit("/", 1)[-1]),
             }
         )
+        if self.lan is not None:
+            self.status["lan"] = self.lan.status()
+            self.status["peers"] = [p["address"] for p in self.status["lan"]["peers"]]
         self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")
         write_status(self.home, str(self.root), self.status)
 
@@ -738,6 +791,7 @@ class Engine:
     async def run_once(self) -> bool:
         """Cycle until nothing is left to do (waiting out files still being written)."""
         self.check_root()
+        await self._start_lan()
         try:
             for _ in range(MAX_ROUNDS):
                 actions = await self.cycle()
@@ -752,11 +806,14 @@ class Engine:
             return False
         finally:
             self._write_status()
+            if self.lan is not None:
+                await self.lan.stop()
             await self.remote.close()
 
     async def run_forever(self) -> None:
         """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
         self.check_root()
+        await self._start_lan()
         watcher = asyncio.create_task(self._watch())
         await asyncio.sleep(0)  # the watcher is set up before the first scan starts
         delays = backoff_delays(cap=30.0)
@@ -779,6 +836,8 @@ class Engine:
             watcher.cancel()
             self.status["state"] = "stopped"
             self._write_status()
+            if self.lan is not None:
+                await self.lan.stop()
             await self.remote.close()
 
     async def _watch(self) -> None:
@@ -841,17 +900,20 @@ def read_status(home: Path) -> dict[str, Any]:
 
 
 async def sync_once(
-    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float
-) -> bool:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
+    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float,
+    lan: LanOptions | None = None,
+) -> bool:  # fmt: skip
+    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for, lan=lan)
     try:
         return await engine.run_once()
     finally:
         engine.state.close()
 
 
-async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_deletes: bool) -> None:
-    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
+async def sync_forever(
+    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, lan: LanOptions | None = None
+) -> None:
+    engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0, lan=lan)
     try:
         await engine.run_forever()
     finally:

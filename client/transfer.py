@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from client import durable
 from client.home import Credentials
@@ -39,6 +39,21 @@ HELD = 16  # blocks read but not yet sent, at most (bounds memory)
 STAGING_PREFIX = ".ferry-tmp-"
 
 
+class BlockSource(Protocol):
+    """Somewhere else to get a block before the server (LAN peers: ``client.lan``)."""
+
+    async def get_block(
+        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview: ...
+
+
+def block_getter(conn: Connection, source: BlockSource | None) -> Callable[[bytes], Awaitable[bytes | memoryview]]:
+    """``conn.get_block``, trying ``source`` first when there is one."""
+    if source is None:
+        return conn.get_block
+    return lambda h: source.get_block(h, lambda: conn.get_block(h))
+
+
 class Remote:
     """A connection that comes back: runs operations, reconnecting with
     exponential backoff and jitter for up to ``retry_for`` seconds."""
@@ -49,13 +64,16 @@ class Remote:
         self.conn: Connection | None = None
         self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None  # pushes
         self.on_closed: Callable[[], None] | None = None
+        self._connecting = asyncio.Lock()  # two operations starting at once share one connection
 
     async def connection(self) -> Connection:
-        if self.conn is None:
-            self.conn = await connect(self.creds.server, self.creds.token, self.retry_for)
-            self.conn.on_changed = self.on_changed
-            self.conn.on_closed = self.on_closed
-        return self.conn
+        async with self._connecting:
+            if self.conn is None:
+                conn = await connect(self.creds.server, self.creds.token, self.retry_for)
+                conn.on_changed = self.on_changed
+                conn.on_closed = self.on_closed
+                self.conn = conn
+            return self.conn
 
     async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
         deadline = time.monotonic() + self.retry_for
@@ -331,11 +349,13 @@ async def fetch(
     progress: Progress,
     window: int = 8,
     local: LocalCopy | None = None,
+    source: BlockSource | None = None,
 ) -> Path:
     """Fetch ``entry`` into a new temp file in ``folder``: every block
     hash-checked, the content hash checked, mode and mtime set, fsynced.
     Blocks ``local`` already holds are copied from it (only the changed ones
-    cross the network). The caller renames it into place (see :func:`place`)."""
+    cross the network); the others come from ``source`` (LAN peers) when it
+    has them, else from the server. The caller renames it into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
@@ -353,11 +373,12 @@ async def fetch(
 
         async def fetch_all(conn: Connection) -> None:
             slots = asyncio.Semaphore(window)
+            get_block = block_getter(conn, source)
 
             async def one(i: int) -> None:
                 async with slots:
                     ref = entry.blocks[i]  # type: ignore[index]
-                    data = await conn.get_block(ref.hash)
+                    data = await get_block(ref.hash)
                     await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
                     done.add(i)
                     progress(ref.size)

@@ -17,7 +17,9 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES
 from server.blockstore import BadBlock, BlockNotFound, BlockStore, BlockStoreError, StoreUnavailable
 from server.config import Settings
+from server.lan import LanAuthority
 from server.metastore import MetaStore, Principal
+from server.metrics import COUNTERS
 from server.notifier import Notifier
 
 log = logging.getLogger("ferry.services")
@@ -29,6 +31,7 @@ class Services:
     meta: MetaStore
     blocks: BlockStore
     notifier: Notifier
+    lan: LanAuthority | None = None  # None: this server issues no LAN tickets
 
     async def put_block(self, who: Principal, h: bytes, data: memoryview | bytes) -> None:
         """Store a block the user sent. The bytes must hash to ``h`` even when
@@ -49,6 +52,7 @@ class Services:
                 # GC collected it since we looked: store it again (see server.gc)
             await self.blocks.put(h, data)  # verifies, then durable
             await self.meta.record_upload(who, h, len(data))
+            COUNTERS.block_bytes_received_total += len(data)
 
     async def authenticate(self, authorization: str) -> Principal:
         """Who sends this ``Authorization: Bearer <device token>`` header: the
@@ -64,7 +68,10 @@ class Services:
             if not await self.meta.can_read_block(who, h):
                 # same answer as for a block nobody has
                 raise BlockNotFound(f"no block {h.hex()}")
-            return await self.blocks.get(h)
+            data = await self.blocks.get(h)
+        COUNTERS.block_requests_total += 1
+        COUNTERS.block_bytes_sent_total += len(data)
+        return data
 
 
 class translate_errors:

@@ -192,7 +192,9 @@ async def _login(args: argparse.Namespace) -> int:
             ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message
         )
     body = r.json()
-    creds = Credentials(url, args.user, body["token"], body["device_id"], args.device, body.get("lan_key", ""))
+    creds = Credentials(
+        url, args.user, body["token"], body["device_id"], args.device, body.get("lan_key", "")
+    )
     save_credentials(_home(args), creds)
     print(f"logged in to {url} as {args.user} (device {args.device!r})")
     return 0

@@ -106,9 +106,13 @@ class Engine:
         self._full_at = 0.0  # time.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
         self.lan = (
-            LanNode(home, lan, creds.server_key, self._ask_tickets, self._locate) if lan and lan.enabled else None
+            LanNode(home, lan, creds.server_key, self._ask_tickets, self._locate)
+            if lan and lan.enabled
+            else None
         )
-        self._index: dict[bytes, list[tuple[str, int, int]]] = {}  # block -> (path, offset, size): what we serve
+        self._index: dict[
+            bytes, list[tuple[str, int, int]]
+        ] = {}  # block -> (path, offset, size): what we serve
         self._index_stale = True
 
     # --- set-up ----------------------------------------------------------------------
@@ -687,7 +691,9 @@ class Engine:
         dest = self.disk(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
-        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local, source=self.lan)
+        tmp = await fetch(
+            self.remote, entry, self.root / STAGING, lambda n: None, local=local, source=self.lan
+        )
         try:
             if not self._unchanged(path):
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits

@@ -47,7 +47,9 @@ class BlockSource(Protocol):
     ) -> bytes | memoryview: ...
 
 
-def block_getter(conn: Connection, source: BlockSource | None) -> Callable[[bytes], Awaitable[bytes | memoryview]]:
+def block_getter(
+    conn: Connection, source: BlockSource | None
+) -> Callable[[bytes], Awaitable[bytes | memoryview]]:
     """``conn.get_block``, trying ``source`` first when there is one."""
     if source is None:
         return conn.get_block

@@ -39,7 +39,9 @@ class LanAuthority:
         )
         self._secret = hashlib.sha256(b"ferry-lan-tags:" + raw).digest()
         self.public_hex = (
-            self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+            self.key.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
         )
 
     def space(self, ns: int) -> m.LanSpace:

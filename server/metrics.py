@@ -36,7 +36,11 @@ def render(counters: Counters) -> str:
     lines = []
     for f in fields(counters):
         name = f"ferry_{f.name}"
-        lines += [f"# HELP {name} {HELP[f.name]}", f"# TYPE {name} counter", f"{name} {getattr(counters, f.name)}"]
+        lines += [
+            f"# HELP {name} {HELP[f.name]}",
+            f"# TYPE {name} counter",
+            f"{name} {getattr(counters, f.name)}",
+        ]
     return "\n".join(lines) + "\n"
 
 

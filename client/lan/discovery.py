@@ -86,7 +86,9 @@ class Discovery(asyncio.DatagramProtocol):
             t.close()
 
     def _payload(self) -> bytes:
-        return lan.encode_announcement(self.instance, self.tcp_port(), self.my_tags(lan.epoch_of(time.time())))
+        return lan.encode_announcement(
+            self.instance, self.tcp_port(), self.my_tags(lan.epoch_of(time.time()))
+        )
 
     async def _announce_loop(self) -> None:
         while True:

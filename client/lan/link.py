@@ -197,7 +197,9 @@ async def serve_link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             frame = await asyncio.wait_for(framed.read(), 120)  # an idle asker is dropped
             if claims.expires_s <= time.time():
-                await framed.send(m.Error(None, ErrorCode.UNAUTHORIZED.value, "ticket expired; get a new one"))
+                await framed.send(
+                    m.Error(None, ErrorCode.UNAUTHORIZED.value, "ticket expired; get a new one")
+                )
                 return
             await slots.acquire()  # back-pressure: stop reading while full
             allowed = claims.tags & serving.tags()

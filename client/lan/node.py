@@ -93,9 +93,7 @@ class LanNode:
         self.me: Identity | None = None
         self.reply: m.LanTicketsReply | None = None
         self.ready = asyncio.Event()
-        self.peers: dict[tuple[str, int], Peer] = {
-            (h, p): Peer(h, p, static=True) for h, p in options.peers
-        }
+        self.peers: dict[tuple[str, int], Peer] = {(h, p): Peer(h, p, static=True) for h, p in options.peers}
         self.from_peers = self.from_server = self.served = 0
         self.port: int | None = None
         self.note = ""  # why LAN sync is limited, for ferry status
@@ -143,7 +141,9 @@ class LanNode:
                 continue
             self.port = self._server.sockets[0].getsockname()[1]
             if port == 0:
-                self.note = f"port {self.options.port} is in use (another device here?); serving on {self.port}"
+                self.note = (
+                    f"port {self.options.port} is in use (another device here?); serving on {self.port}"
+                )
                 log.info("LAN: %s", self.note)
             return
 
@@ -164,7 +164,9 @@ class LanNode:
                 await asyncio.sleep(10)
                 continue
             if self.server_key and reply.server_key != self.server_key:
-                self.note = "the server's LAN key differs from the one given at login: run `ferry login` again"
+                self.note = (
+                    "the server's LAN key differs from the one given at login: run `ferry login` again"
+                )
                 log.warning("LAN: %s", self.note)
                 return
             self.server_key = self.server_key or reply.server_key  # logged in before LAN sync existed
@@ -208,7 +210,9 @@ class LanNode:
             and (p.link is None or p.link.tags & mine)
         ]  # fmt: skip
 
-    async def get_block(self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]) -> bytes | memoryview:
+    async def get_block(
+        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
         """The block from the first peer that has it (hash-checked), else from the server."""
         if self.peers and not self.ready.is_set():  # the first ticket is on its way
             with contextlib.suppress(TimeoutError):
@@ -239,7 +243,9 @@ class LanNode:
             self._set_aside(peer, SLOW_PENALTY, str(e) or "timed out")
             return None
         if await asyncio.to_thread(block_hash, data) != h:
-            log.warning("LAN: peer %s sent a corrupted block; not asking it for %d s", peer.address, BAD_PENALTY)
+            log.warning(
+                "LAN: peer %s sent a corrupted block; not asking it for %d s", peer.address, BAD_PENALTY
+            )
             self._set_aside(peer, BAD_PENALTY, "sent a corrupted block")
             return None
         return data

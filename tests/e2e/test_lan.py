@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -152,7 +154,9 @@ def test_peer_serves_only_valid_tickets_for_its_namespaces(lan_server, live, tmp
         # no ticket, a ticket signed by another key, an expired one, someone else's
         refused = "refused us: not vouched for by the server: "
         assert await ask(port, me2, "", key, f_block.hash) == _refusal(port, refused + "no ticket")
-        other = forge(_other_key(tmp_path), me2, frozenset(s.tag for s in alice2.spaces), int(time.time()) + 60)
+        other = forge(
+            _other_key(tmp_path), me2, frozenset(s.tag for s in alice2.spaces), int(time.time()) + 60
+        )
         assert await ask(port, me2, other, key, f_block.hash) == _refusal(
             port, refused + "ticket not signed by this server"
         )
@@ -171,7 +175,9 @@ def test_peer_serves_only_valid_tickets_for_its_namespaces(lan_server, live, tmp
         assert await ask(port, me_bob, fresh.ticket, key, g_block.hash) == "not_found"
         while time.time() <= bobs.expires_s:
             await asyncio.sleep(0.1)
-        assert await ask(port, me_bob, bobs.ticket, key, g_block.hash) == _refusal(port, refused + "ticket expired")
+        assert await ask(port, me_bob, bobs.ticket, key, g_block.hash) == _refusal(
+            port, refused + "ticket expired"
+        )
 
     asyncio.run(check())
 
@@ -191,7 +197,9 @@ def _other_key(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("behaviour", ["corrupt", "stall"])
-def test_lying_or_stalling_peer_costs_a_fallback_not_the_file(lan_server, tmp_path: Path, behaviour: str) -> None:
+def test_lying_or_stalling_peer_costs_a_fallback_not_the_file(
+    lan_server, tmp_path: Path, behaviour: str
+) -> None:
     a, b, evil = user(lan_server, tmp_path, "alice", "a", "b", "evil")
     fa, fb = tmp_path / "A", tmp_path / "B"
     want = write_random(fa / "f.bin", 8 * MiB)
@@ -242,3 +250,58 @@ def test_static_peer_that_never_answers_tls(lan_server, tmp_path: Path) -> None:
               check=True, timeout=60)  # fmt: skip
     assert digest(fb / "f.bin") == want
     assert status(b, fb)["lan"]["peers"][0]["state"].startswith("set aside")
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[str, str]]:
+    """Two network namespaces joined by a veth pair (10.213.0.1 and .2/24), removed after."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("creating network namespaces needs root and iproute2 (`ip netns`)")
+    tag = f"fy{os.getpid() % 100000}"
+    ns = (f"{tag}a", f"{tag}b")
+    setup = [
+        ["ip", "netns", "add", ns[0]], ["ip", "netns", "add", ns[1]],
+        ["ip", "link", "add", f"{tag}va", "type", "veth", "peer", "name", f"{tag}vb"],
+        ["ip", "link", "set", f"{tag}va", "netns", ns[0]], ["ip", "link", "set", f"{tag}vb", "netns", ns[1]],
+        ["ip", "-n", ns[0], "addr", "add", "10.213.0.1/24", "brd", "+", "dev", f"{tag}va"],
+        ["ip", "-n", ns[1], "addr", "add", "10.213.0.2/24", "brd", "+", "dev", f"{tag}vb"],
+        ["ip", "-n", ns[0], "link", "set", f"{tag}va", "up"], ["ip", "-n", ns[1], "link", "set", f"{tag}vb", "up"],
+        ["ip", "-n", ns[0], "link", "set", "lo", "up"], ["ip", "-n", ns[1], "link", "set", "lo", "up"],
+    ]  # fmt: skip
+    try:
+        for cmd in setup:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up network namespaces here ({' '.join(cmd)}: {r.stderr.strip()})")
+        yield ns
+    finally:
+        for name in ns:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_two_devices_find_each_other_by_broadcast_alone(two_namespaces: tuple[str, str]) -> None:
+    key = secrets.token_hex(32)
+    repo = Path(__file__).resolve().parents[2]
+    probes = [
+        subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tests.support.discovery_probe", key,
+                          str(4000 + i), "20"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, ns in enumerate(two_namespaces)
+    ]  # fmt: skip
+    heard = [p.communicate(timeout=40) for p in probes]
+    assert [p.returncode for p in probes] == [0, 0], heard
+    assert heard[0][0].split() == ["10.213.0.2", "4001"]
+    assert heard[1][0].split() == ["10.213.0.1", "4000"]
+
+
+def test_strangers_do_not_find_each_other(two_namespaces: tuple[str, str]) -> None:
+    """Devices of namespaces the other cannot read: each one's announcements are ignored."""
+    repo = Path(__file__).resolve().parents[2]
+    probes = [
+        subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "tests.support.discovery_probe",
+                          secrets.token_hex(32), "4000", "3"], cwd=repo, stdout=subprocess.PIPE, text=True)
+        for ns in two_namespaces
+    ]  # fmt: skip
+    assert [p.wait(timeout=30) for p in probes] == [1, 1]

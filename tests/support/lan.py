@@ -61,7 +61,9 @@ async def tickets(device: Device, me: Identity) -> m.LanTicketsReply:
     creds = load_credentials(device.home)
     conn = await open_connection(creds.server, creds.token)
     try:
-        reply: m.LanTicketsReply = await conn.call(lambda i: m.LanTickets(i, me.fingerprint), m.LanTicketsReply)
+        reply: m.LanTicketsReply = await conn.call(
+            lambda i: m.LanTickets(i, me.fingerprint), m.LanTicketsReply
+        )
         return reply
     finally:
         await conn.close()

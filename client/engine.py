@@ -35,7 +35,7 @@ import orjson
 from client import durable, mounts, names
 from client import planner as p
 from client.home import Credentials
-from client.lan.node import LanNode, LanOptions
+from client.lan.node import LanNode, LanOptions, Scope
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
 from client.transfer import (
@@ -168,6 +168,14 @@ class Engine:
             if space is not None:
                 out.append((self.disk(path), offset, size, space.ns))
         return out
+
+    def _ns_of(self, path: str) -> int:
+        space = mounts.mount_of(path, self.spaces)
+        return space.ns if space is not None else 0
+
+    def _source(self, ns: int) -> Scope | None:
+        """Where blocks of a file of namespace ``ns`` come from before the server."""
+        return self.lan.scope(ns) if self.lan is not None else None
 
     def _rebuild_index(self) -> None:
         if self.lan is None or not self._index_stale:
@@ -518,13 +526,14 @@ class Engine:
                     ErrorCode.BAD_ENTRY, f"{path}: the server's block list does not match its hash"
                 )
         wanted = list(dict.fromkeys(b.hash for _, e in todo for b in e.blocks or []))
+        ns_of = {b.hash: self._ns_of(path) for path, e in todo for b in e.blocks or []}
         got: dict[bytes, bytes] = {}
 
         async def fetch_all(conn: Any) -> None:
-            get_block = block_getter(conn, self.lan)
+            getters = {ns: block_getter(conn, self._source(ns)) for ns in set(ns_of.values())}
 
             async def one(h: bytes) -> None:
-                data = bytes(await get_block(h))
+                data = bytes(await getters[ns_of[h]](h))
                 if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
@@ -692,7 +701,12 @@ class Engine:
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         tmp = await fetch(
-            self.remote, entry, self.root / STAGING, lambda n: None, local=local, source=self.lan
+            self.remote,
+            entry,
+            self.root / STAGING,
+            lambda n: None,
+            local=local,
+            source=self._source(self._ns_of(path)),
         )
         try:
             if not self._unchanged(path):

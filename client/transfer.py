@@ -46,6 +46,12 @@ class BlockSource(Protocol):
         self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview: ...
 
+    def first_block(self, content: bytes, count: int) -> int:
+        """Where to start fetching a file of ``count`` blocks: devices fetching the
+        same file start at different blocks, so each can take from the others
+        what they fetched first instead of all asking the server for block 0."""
+        ...
+
 
 def block_getter(
     conn: Connection, source: BlockSource | None
@@ -373,6 +379,10 @@ async def fetch(
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, window)
 
+        count = len(entry.blocks)
+        first = source.first_block(entry.content_hash, count) if source is not None and count else 0
+        order = [(first + k) % count for k in range(count)]
+
         async def fetch_all(conn: Connection) -> None:
             slots = asyncio.Semaphore(window)
             get_block = block_getter(conn, source)
@@ -385,7 +395,7 @@ async def fetch(
                     done.add(i)
                     progress(ref.size)
 
-            await gather_all([one(i) for i in range(len(entry.blocks or [])) if i not in done])
+            await gather_all([one(i) for i in order if i not in done])
 
         await remote.run(fetch_all)
         mode = 0o755 if entry.executable else 0o644

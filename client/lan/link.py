@@ -181,8 +181,7 @@ class Serving:
     ticket: Callable[[], str]  # current
     tags: Callable[[], frozenset[str]]  # this device's namespaces now
     server_key: Callable[[], str]
-    read_block: Callable[[bytes, frozenset[str]], Awaitable[bytes | None]]
-    blocks: asyncio.Semaphore  # blocks being read and sent, over every link
+    read_block: Callable[[bytes, frozenset[str]], Awaitable[bytes | None]]  # bounds its own reads
     on_served: Callable[[int], None]
 
 
@@ -249,11 +248,10 @@ async def _answer(framed: _Framed, frame: str | bytes, allowed: frozenset[str], 
             return
         if not isinstance(msg, m.GetBlock):
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "a peer only answers get_block and ping")
-        async with serving.blocks:
-            data = await serving.read_block(msg.hash, allowed) if allowed else None
-            if data is None:  # the same answer whether it is not here or not theirs to read
-                raise ProtocolError(ErrorCode.NOT_FOUND, f"no block {msg.hash.hex()[:12]} here")
-            await framed.send(framing.encode_block(framing.KIND_DATA, msg.id, msg.hash, data))
+        data = await serving.read_block(msg.hash, allowed) if allowed else None
+        if data is None:  # the same answer whether it is not here or not theirs to read
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no block {msg.hash.hex()[:12]} here")
+        await framed.send(framing.encode_block(framing.KIND_DATA, msg.id, msg.hash, data))
         serving.on_served(len(data))
     except ProtocolError as e:
         with contextlib.suppress(Exception):

@@ -7,7 +7,11 @@ ticket (renewed at half its lifetime). Once it has one, it announces itself
 (``discovery``). To fetch a block it asks the peers in sight that share a
 namespace with it, one after the other, each within ``fallback_s``; a peer
 that times out, drops the link or refuses us is set aside for a minute, one
-that sends bytes not matching the hash for ten; then the server. It counts
+that sends bytes not matching the hash for ten; then the server. A block
+being fetched from the server is served to a peer that asks for it meanwhile
+(once it arrives), and devices start a file at different blocks
+(:meth:`Scope.first_block`), so devices fetching the same new file at once
+split it between them rather than each fetching it all. It counts
 bytes from peers and from the server for ``ferry status``. Serving is
 bounded: at most ``max_links`` links and ``max_blocks`` blocks being sent at
 once, and optionally ``rate`` bytes per second, so a busy peer keeps its own
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -41,6 +46,7 @@ DEFAULT_PORT = 17500
 SLOW_PENALTY = 60.0  # s a peer that timed out or dropped us is left alone
 BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
 SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
+IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
 
 Locate = Callable[[bytes], list[tuple[Path, int, int, int]]]  # hash -> (file, offset, size, ns)
 AskTickets = Callable[[bytes], Awaitable[m.LanTicketsReply]]
@@ -104,6 +110,12 @@ class LanNode:
         self._links = 0
         self._blocks = asyncio.Semaphore(options.max_blocks)
         self._next_send = 0.0
+        # blocks being fetched from the server now, with the namespace of the file that needs them
+        self._fetching: dict[bytes, tuple[int, asyncio.Future[bytes | memoryview]]] = {}
+
+    def scope(self, ns: int) -> Scope:
+        """A block source for a file of namespace ``ns`` (``client.transfer.BlockSource``)."""
+        return Scope(self, ns)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -211,7 +223,7 @@ class LanNode:
         ]  # fmt: skip
 
     async def get_block(
-        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+        self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
         """The block from the first peer that has it (hash-checked), else from the server."""
         if self.peers and not self.ready.is_set():  # the first ticket is on its way
@@ -224,7 +236,20 @@ class LanNode:
                     self.from_peers += len(data)
                     peer.received += len(data)
                     return data
-        data = await from_server()
+        if h in self._fetching:  # another file of ours needs it too: one fetch
+            return await asyncio.shield(self._fetching[h][1])
+        fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
+        self._fetching[h] = (ns, fut)
+        try:
+            data = await from_server()
+        except BaseException as e:
+            fut.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
+            fut.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            fut.set_result(data)
+        finally:
+            del self._fetching[h]
         self.from_server += len(data)
         return data
 
@@ -276,7 +301,7 @@ class LanNode:
         self._links += 1
         try:
             serving = Serving(self.me, lambda: self.reply.ticket if self.reply else "", self._tags,
-                              lambda: self.server_key, self._read_block, self._blocks, self._count_served)  # fmt: skip
+                              lambda: self.server_key, self._read_block, self._count_served)  # fmt: skip
             await serve_link(reader, writer, serving)
         finally:
             self._links -= 1
@@ -289,10 +314,18 @@ class LanNode:
         for path, offset, size, ns in self.locate(h):
             if tag_of.get(ns) not in allowed:
                 continue
-            data = await asyncio.to_thread(_read_checked, path, offset, size, h)
-            if data is not None:
-                await self._pace(size)
-                return data
+            async with self._blocks:  # disk reads for peers, at most max_blocks at once
+                data = await asyncio.to_thread(_read_checked, path, offset, size, h)
+                if data is not None:
+                    await self._pace(size)
+                    return data
+        fetching = self._fetching.get(h)
+        if fetching is not None and tag_of.get(fetching[0]) in allowed:
+            with contextlib.suppress(Exception):  # fetched too slowly, or failed: "not found"
+                got = await asyncio.wait_for(asyncio.shield(fetching[1]), IN_FLIGHT_WAIT)
+                if await asyncio.to_thread(block_hash, got) == h:
+                    await self._pace(len(got))
+                    return bytes(got)
         return None
 
     async def _pace(self, size: int) -> None:
@@ -316,6 +349,23 @@ class LanNode:
             peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received})
         return {"port": self.port, "note": self.note, "ticket": self.reply is not None, "peers": peers,
                 "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
+
+
+@dataclass
+class Scope:
+    """LAN peers as the source of the blocks of one namespace's file."""
+
+    node: LanNode
+    ns: int
+
+    async def get_block(
+        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        return await self.node.get_block(h, self.ns, from_server)
+
+    def first_block(self, content: bytes, count: int) -> int:
+        me = self.node.me.fingerprint if self.node.me else b""
+        return int.from_bytes(hashlib.sha256(me + content).digest()[:8], "big") % count
 
 
 def _read_checked(path: Path, offset: int, size: int, h: bytes) -> bytes | None:

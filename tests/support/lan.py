@@ -115,6 +115,6 @@ async def start_peer(me: Identity, reply: m.LanTicketsReply,
                      read_block: Callable[[bytes, frozenset[str]], Awaitable[bytes | None]]) -> asyncio.Server:  # fmt: skip
     """A peer with a genuine ticket that answers blocks with ``read_block``."""
     serving = Serving(me, lambda: reply.ticket, lambda: frozenset(s.tag for s in reply.spaces),
-                      lambda: reply.server_key, read_block, asyncio.Semaphore(4), lambda n: None)  # fmt: skip
+                      lambda: reply.server_key, read_block, lambda n: None)  # fmt: skip
     return await asyncio.start_server(lambda r, w: serve_link(r, w, serving), "127.0.0.1", 0,
                                       ssl=me.server_context())  # fmt: skip

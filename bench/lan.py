@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,8 @@ def wait_all(paths: list[Path], size: int, procs: list[subprocess.Popen[str]], t
 
 def stop(procs: list[subprocess.Popen[str]]) -> None:
     for p in procs:
-        p.terminate()
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)  # as Ctrl-C: it writes its final status
     for p in procs:
         try:
             p.wait(20)
@@ -118,8 +120,13 @@ def run(scenario: str, lan: str, size: int, pg_admin: str, root: Path) -> dict[s
         server_bytes = sent(server) - before
         for f in folders[1:]:
             assert digest(f / "big.bin") == want, f"{f}/big.bin differs"
+        stop(procs)  # each writes its final status: bytes from peers and from the server
+        lan_figures = {}
+        for d, f in zip(devices[1:], folders[1:], strict=True):
+            status = json.loads((d.home / "status.json").read_text())["folders"][str(f.resolve())]
+            lan_figures[f.name] = {k: v for k, v in status.get("lan", {}).items() if k != "peers"}
         return {"scenario": scenario, "lan": lan, "size": size, "seconds": round(elapsed, 2),
-                "server_bytes": server_bytes, "x_file": round(server_bytes / size, 3)}  # fmt: skip
+                "server_bytes": server_bytes, "x_file": round(server_bytes / size, 3), "devices": lan_figures}  # fmt: skip
     finally:
         stop(procs)
         server.stop()

@@ -43,7 +43,9 @@ from protocol.hashing import block_hash
 
 log = logging.getLogger("ferry.lan")
 DEFAULT_PORT = 17500
-SLOW_PENALTY = 60.0  # s a peer that timed out or dropped us is left alone
+SLOW_PENALTY = 60.0  # s a peer that timed out or dropped us is left alone (at most)
+SLOW_BASE = 10.0  # s for the first time out
+REFUSED_PENALTY = 0.5  # s after a refused connection (not started yet? restarting?)
 BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
 SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
@@ -79,7 +81,9 @@ class Peer:
     static: bool
     seen: float = 0.0
     link: PeerLink | None = None
+    link_ticket: str = ""  # our ticket the link was opened with
     bad_until: float = 0.0
+    failures: int = 0  # in a row: each sets the peer aside twice as long
     why: str = ""
     received: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -105,7 +109,7 @@ class LanNode:
         self.note = ""  # why LAN sync is limited, for ferry status
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()  # links being closed
         self._ticket_task: asyncio.Task[None] | None = None
         self._links = 0
         self._blocks = asyncio.Semaphore(options.max_blocks)
@@ -254,9 +258,10 @@ class LanNode:
         return data
 
     async def _from_peer(self, peer: Peer, h: bytes) -> bytes | memoryview | None:
+        started = time.monotonic()
         try:
             link = await self._link(peer)
-            if not link.tags & self._tags():
+            if link is None or not link.tags & self._tags():
                 return None
             data = await asyncio.wait_for(link.get_block(h), self.options.fallback_s)
         except ProtocolError as e:
@@ -265,7 +270,12 @@ class LanNode:
             self._set_aside(peer, SLOW_PENALTY, e.message)
             return None
         except (PeerGone, TimeoutError) as e:
-            self._set_aside(peer, SLOW_PENALTY, str(e) or "timed out")
+            # a peer that made us wait out the fallback is left alone longer each time
+            if time.monotonic() - started < self.options.fallback_s * 0.9:
+                self._set_aside(peer, REFUSED_PENALTY, str(e))  # costs nothing to try again soon
+                return None
+            self._set_aside(peer, min(SLOW_PENALTY, SLOW_BASE * 2**peer.failures), str(e) or "timed out")
+            peer.failures += 1
             return None
         if await asyncio.to_thread(block_hash, data) != h:
             log.warning(
@@ -275,21 +285,37 @@ class LanNode:
             return None
         return data
 
-    async def _link(self, peer: Peer) -> PeerLink:
+    async def _link(self, peer: Peer) -> PeerLink | None:
+        """The open link to ``peer`` (None: set aside meanwhile), made again when
+        either side's ticket has run out or ours was renewed."""
         async with peer.lock:  # one connection attempt at a time
             if peer.bad_until > time.monotonic():
-                raise PeerGone(peer.why)
-            if peer.link is not None and peer.link.closed is None and peer.link.expires_s > time.time():
-                return peer.link
+                return None
             assert self.me is not None and self.reply is not None
+            link = peer.link
+            if (
+                link is not None
+                and link.closed is None
+                and link.expires_s > time.time()
+                and (peer.link_ticket == self.reply.ticket)
+            ):
+                return link
+            if link is not None:
+                self._close(link)
             peer.link = await open_link(peer.host, peer.port, self.me, self.reply.ticket, self.server_key,
                                         self.options.fallback_s)  # fmt: skip
+            peer.link_ticket, peer.failures = self.reply.ticket, 0
             return peer.link
+
+    def _close(self, link: PeerLink) -> None:
+        task = asyncio.create_task(link.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _set_aside(self, peer: Peer, seconds: float, why: str) -> None:
         peer.bad_until, peer.why = time.monotonic() + seconds, why
         if peer.link is not None:
-            self._tasks.append(asyncio.create_task(peer.link.close()))
+            self._close(peer.link)
             peer.link = None
 
     # --- serving ------------------------------------------------------------------------

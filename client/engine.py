@@ -114,6 +114,7 @@ class Engine:
             bytes, list[tuple[str, int, int]]
         ] = {}  # block -> (path, offset, size): what we serve
         self._index_stale = True
+        self._index_at = 0.0  # time.monotonic() of the last rebuild
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -162,6 +163,8 @@ class Engine:
 
     def _locate(self, h: bytes) -> list[tuple[Path, int, int, int]]:
         """Where this device holds block ``h``, with each file's namespace."""
+        if self._index_stale and time.monotonic() - self._index_at > 1.0:
+            self._rebuild_index()  # files placed since: serve them now, not after the next cycle
         out = []
         for path, offset, size in self._index.get(h, ()):
             space = mounts.mount_of(path, self.spaces)
@@ -186,7 +189,7 @@ class Engine:
             for b in blocks:
                 index.setdefault(b.hash, []).append((path, offset, b.size))
                 offset += b.size
-        self._index, self._index_stale = index, False
+        self._index, self._index_stale, self._index_at = index, False, time.monotonic()
 
     # --- one cycle ----------------------------------------------------------------
 
@@ -721,6 +724,7 @@ class Engine:
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
+        self._index_stale = True
 
     async def _local_copy(self, path: str, entry: m.Entry) -> LocalCopy | None:
         """The local file at ``path`` as a source of blocks for its new version,

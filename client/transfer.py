@@ -52,6 +52,12 @@ class BlockSource(Protocol):
         what they fetched first instead of all asking the server for block 0."""
         ...
 
+    def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
+        """Block ``h`` is now at ``offset`` of the half-fetched ``tmp`` (peers may have it)."""
+
+    def released(self, tmp: Path) -> None:
+        """``tmp`` is gone or about to be renamed: none of its blocks are there any more."""
+
 
 def block_getter(
     conn: Connection, source: BlockSource | None
@@ -394,6 +400,8 @@ async def fetch(
                     await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
                     done.add(i)
                     progress(ref.size)
+                    if source is not None:
+                        source.holding(ref.hash, tmp, offsets[i], ref.size)
 
             await gather_all([one(i) for i in order if i not in done])
 
@@ -403,6 +411,8 @@ async def fetch(
         fd = -1
         return tmp
     finally:
+        if source is not None:
+            source.released(tmp)
         if fd >= 0:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

@@ -114,6 +114,8 @@ class LanNode:
         self._links = 0
         self._blocks = asyncio.Semaphore(options.max_blocks)
         self._next_send = 0.0
+        # blocks of files being fetched now: where in which temp file, and their namespace
+        self.partial: dict[bytes, dict[Path, tuple[int, int, int]]] = {}
         # blocks being fetched from the server now, with the namespace of the file that needs them
         self._fetching: dict[bytes, tuple[int, asyncio.Future[bytes | memoryview]]] = {}
 
@@ -337,7 +339,8 @@ class LanNode:
 
     async def _read_block(self, h: bytes, allowed: frozenset[str]) -> bytes | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
-        for path, offset, size, ns in self.locate(h):
+        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
+        for path, offset, size, ns in [*self.locate(h), *partial]:
             if tag_of.get(ns) not in allowed:
                 continue
             async with self._blocks:  # disk reads for peers, at most max_blocks at once
@@ -392,6 +395,15 @@ class Scope:
     def first_block(self, content: bytes, count: int) -> int:
         me = self.node.me.fingerprint if self.node.me else b""
         return int.from_bytes(hashlib.sha256(me + content).digest()[:8], "big") % count
+
+    def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
+        self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns)
+
+    def released(self, tmp: Path) -> None:
+        for h in [h for h, where in self.node.partial.items() if tmp in where]:
+            del self.node.partial[h][tmp]
+            if not self.node.partial[h]:
+                del self.node.partial[h]
 
 
 def _read_checked(path: Path, offset: int, size: int, h: bytes) -> bytes | None:

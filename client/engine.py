@@ -537,7 +537,7 @@ class Engine:
 
             async def one(h: bytes) -> None:
                 data = bytes(await getters[ns_of[h]](h))
-                if block_hash(data) != h:
+                if self.lan is None and block_hash(data) != h:  # (LAN peers hash-check what they give)
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
 

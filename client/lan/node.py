@@ -231,7 +231,7 @@ class LanNode:
     async def get_block(
         self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
-        """The block from the first peer that has it (hash-checked), else from the server."""
+        """The block from the first peer that has it, else from the server; hash-checked either way."""
         if self.peers and not self.ready.is_set():  # the first ticket is on its way
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ready.wait(), self.options.fallback_s)
@@ -248,6 +248,8 @@ class LanNode:
         self._fetching[h] = (ns, fut)
         try:
             data = await from_server()
+            if await asyncio.to_thread(block_hash, data) != h:
+                raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
         except BaseException as e:
             fut.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
             fut.exception()  # retrieved: nobody may be waiting
@@ -315,7 +317,10 @@ class LanNode:
         task.add_done_callback(self._tasks.discard)
 
     def _set_aside(self, peer: Peer, seconds: float, why: str) -> None:
-        peer.bad_until, peer.why = time.monotonic() + seconds, why
+        until = time.monotonic() + seconds
+        if peer.bad_until >= until:  # already set aside for longer (e.g. the link we closed after a bad block)
+            return
+        peer.bad_until, peer.why = until, why
         if peer.link is not None:
             self._close(peer.link)
             peer.link = None
@@ -352,9 +357,8 @@ class LanNode:
         if fetching is not None and tag_of.get(fetching[0]) in allowed:
             with contextlib.suppress(Exception):  # fetched too slowly, or failed: "not found"
                 got = await asyncio.wait_for(asyncio.shield(fetching[1]), IN_FLIGHT_WAIT)
-                if await asyncio.to_thread(block_hash, got) == h:
-                    await self._pace(len(got))
-                    return bytes(got)
+                await self._pace(len(got))
+                return bytes(got)  # hash-checked when it arrived
         return None
 
     async def _pace(self, size: int) -> None:

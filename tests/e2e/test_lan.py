@@ -231,7 +231,7 @@ def test_lying_or_stalling_peer_costs_a_fallback_not_the_file(
     assert lan["from_peers"] == 0
     (shown,) = lan["peers"]
     why = "sent a corrupted block" if behaviour == "corrupt" else "timed out"
-    assert shown["state"] == f"set aside: {why}", shown
+    assert shown["state"].startswith("set aside: ") and why in shown["state"], shown
     assert elapsed < 60, f"a {behaviour} peer held the sync for {elapsed:.0f}s"  # a hang, not a speed check
 
 

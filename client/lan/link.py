@@ -53,7 +53,7 @@ class _Framed:
 
     async def read(self) -> str | bytes:
         while not self._ready:
-            data = await self.reader.read(256 * 1024)
+            data = await self.reader.read(1024 * 1024)
             if not data:
                 raise PeerGone("peer closed the link")
             self.decoder.receive_data(data)

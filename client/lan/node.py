@@ -318,7 +318,7 @@ class LanNode:
 
     def _set_aside(self, peer: Peer, seconds: float, why: str) -> None:
         until = time.monotonic() + seconds
-        if peer.bad_until >= until:  # already set aside for longer (e.g. the link we closed after a bad block)
+        if peer.bad_until >= until:  # already for longer (e.g. its link, closed after a bad block)
             return
         peer.bad_until, peer.why = until, why
         if peer.link is not None:

@@ -305,3 +305,28 @@ def test_strangers_do_not_find_each_other(two_namespaces: tuple[str, str]) -> No
         for ns in two_namespaces
     ]  # fmt: skip
     assert [p.wait(timeout=30) for p in probes] == [1, 1]
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_lan_port_in_use_falls_back_and_bad_flags_are_refused(lan_server, tmp_path: Path) -> None:
+    import socket
+
+    (a,) = user(lan_server, tmp_path, "alice", "a")
+    folder = tmp_path / "A"
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        a.run("sync", str(folder), "--once", "--lan-port", str(port), check=True)
+    lan = status(a, folder)["lan"]
+    assert lan["port"] != port and f"port {port} is in use" in lan["note"]
+    assert f"port {port} is in use" in a.run("status", check=True).stdout
+    a.run("sync", str(folder), "--once", "--lan", "off", check=True)
+    assert "lan" not in status(a, folder)  # nothing listened, nothing was asked
+    for bad in (["--lan-peer", "nohost"], ["--lan-peer", "h:99999"], ["--lan", "maybe"], ["--lan-port", "0"]):
+        r = a.run("sync", str(folder), "--once", *bad)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("ferry sync: error:"), (
+            r.stderr
+        )

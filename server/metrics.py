@@ -47,9 +47,11 @@ def render(counters: Counters) -> str:
 def _loopback(request: Request) -> bool:
     host = request.client.host if request.client else ""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # 127.0.0.1 as a dual-stack socket shows it
+    return bool((mapped or address).is_loopback)
 
 
 async def metrics(request: Request) -> Response:

@@ -28,3 +28,4 @@ def test_metrics_refused_to_other_machines() -> None:
     status, body = _get(("127.0.0.1", 4000))
     assert status == 200 and "ferry_block_bytes_sent_total" in body
     assert _get(("::1", 4000))[0] == 200
+    assert _get(("::ffff:127.0.0.1", 4000))[0] == 200

@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                            "ours to them (default on, or $FERRY_LAN)")  # fmt: skip
     sync.add_argument("--lan-port", type=_port, default=os.environ.get("FERRY_LAN_PORT", "17500"),
                       help="UDP port for discovery and TCP port for peer links (default 17500)")  # fmt: skip
+    sync.add_argument("--lan-serve-rate", type=float, default=0.0, metavar="MB/S",
+                      help="serve peers at most this many MB (10^6 bytes) per second (default: no limit)")  # fmt: skip
     sync.add_argument("--lan-peer", action="append", default=[], type=_peer, metavar="HOST:PORT",
                       help="a peer to ask even if it is not discovered (repeatable)")  # fmt: skip
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
@@ -318,7 +320,11 @@ async def _sync(args: argparse.Namespace) -> int:
     if args.lan not in ("on", "off"):  # from $FERRY_LAN, which argparse does not check
         print(f"ferry: --lan must be on or off, not {args.lan!r}", file=sys.stderr)
         return EXIT_USAGE
-    lan = LanOptions(enabled=args.lan == "on", port=args.lan_port, peers=args.lan_peer)
+    if not args.lan_serve_rate >= 0:
+        print("ferry: --lan-serve-rate must be 0 (no limit) or more", file=sys.stderr)
+        return EXIT_USAGE
+    lan = LanOptions(enabled=args.lan == "on", port=args.lan_port, peers=args.lan_peer,
+                     rate=int(args.lan_serve_rate * 1e6))  # fmt: skip
     try:
         if args.once:
             ok = await engine.sync_once(args.folder, home, creds, args.confirm_deletes, _retry_for(args), lan)

@@ -573,6 +573,7 @@ class Engine:
             records.append((path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                   entry.executable)))  # fmt: skip
         self.state.record_many(records)
+        self._index_stale = True
 
     async def _attempt(self, action: p.Action) -> None:
         """Run one action; a failure is reported and left to the next cycle."""

@@ -5,17 +5,19 @@ Theory of operation. At start the node listens for peer links (TLS) on the
 LAN port, or an ephemeral one when that is taken, and asks the server for a
 ticket (renewed at half its lifetime). Once it has one, it announces itself
 (``discovery``). To fetch a block it asks the peers in sight that share a
-namespace with it, one after the other, each within ``fallback_s``; a peer
-that times out, drops the link or refuses us is set aside for a minute, one
-that sends bytes not matching the hash for ten; then the server. A block
+namespace with it, one after the other, each within ``fallback_s``; then
+the server. A peer that refuses the connection is tried again half a second
+later (it may be starting); one that makes us wait out the fallback is set
+aside for 10 s, twice as long each time in a row up to a minute; one that
+sends bytes not matching the hash, for ten minutes. A block
 being fetched from the server is served to a peer that asks for it meanwhile
 (once it arrives), and devices start a file at different blocks
 (:meth:`Scope.first_block`), so devices fetching the same new file at once
 split it between them rather than each fetching it all. It counts
 bytes from peers and from the server for ``ferry status``. Serving is
-bounded: at most ``max_links`` links and ``max_blocks`` blocks being sent at
-once, and optionally ``rate`` bytes per second, so a busy peer keeps its own
-sync going.
+bounded: at most ``max_links`` links, ``max_blocks`` blocks being read for
+peers at once, and optionally ``rate`` bytes per second, so a busy peer
+keeps its own sync going.
 """
 
 from __future__ import annotations

@@ -94,11 +94,35 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("FERRY_CONFIRM_DELETES") == "1",
         help="let a scan that deleted over 25%% of the files (and 100+) delete them on the server",
     )
+    sync.add_argument("--lan", choices=["on", "off"], default=os.environ.get("FERRY_LAN", "on"),
+                      help="fetch blocks from other Ferry devices on the LAN before the server, and serve "
+                           "ours to them (default on, or $FERRY_LAN)")  # fmt: skip
+    sync.add_argument("--lan-port", type=_port, default=os.environ.get("FERRY_LAN_PORT", "17500"),
+                      help="UDP port for discovery and TCP port for peer links (default 17500)")  # fmt: skip
+    sync.add_argument("--lan-serve-rate", type=float, default=0.0, metavar="MB/S",
+                      help="serve peers at most this many MB (10^6 bytes) per second (default: no limit)")  # fmt: skip
+    sync.add_argument("--lan-peer", action="append", default=[], type=_peer, metavar="HOST:PORT",
+                      help="a peer to ask even if it is not discovered (repeatable)")  # fmt: skip
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
     status.add_argument("--json", action="store_true")
     history.add_commands(sub, common)
     share.add_commands(sub, common)
     return p
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (1-65535)")
+    return int(text)
+
+
+def _peer(text: str) -> tuple[str, int]:
+    from client.lan.node import parse_peer
+
+    try:
+        return parse_peer(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +194,10 @@ async def _login(args: argparse.Namespace) -> int:
             ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message
         )
     body = r.json()
-    save_credentials(_home(args), Credentials(url, args.user, body["token"], body["device_id"], args.device))
+    creds = Credentials(
+        url, args.user, body["token"], body["device_id"], args.device, body.get("lan_key", "")
+    )
+    save_credentials(_home(args), creds)
     print(f"logged in to {url} as {args.user} (device {args.device!r})")
     return 0
 
@@ -286,12 +313,21 @@ def _change(make: Callable[[int, str], m.Message], verb: str) -> Callable[[Remot
 
 async def _sync(args: argparse.Namespace) -> int:
     from client import engine  # the sync engine's imports are only paid by `ferry sync`
+    from client.lan.node import LanOptions
 
     home = _home(args)
     creds = load_credentials(home)
+    if args.lan not in ("on", "off"):  # from $FERRY_LAN, which argparse does not check
+        print(f"ferry: --lan must be on or off, not {args.lan!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.lan_serve_rate >= 0:
+        print("ferry: --lan-serve-rate must be 0 (no limit) or more", file=sys.stderr)
+        return EXIT_USAGE
+    lan = LanOptions(enabled=args.lan == "on", port=args.lan_port, peers=args.lan_peer,
+                     rate=int(args.lan_serve_rate * 1e6))  # fmt: skip
     try:
         if args.once:
-            ok = await engine.sync_once(args.folder, home, creds, args.confirm_deletes, _retry_for(args))
+            ok = await engine.sync_once(args.folder, home, creds, args.confirm_deletes, _retry_for(args), lan)
             folder = engine.read_status(home)["folders"].get(str(args.folder.resolve()), {})
             if not ok or folder.get("last_error"):
                 print(
@@ -314,7 +350,7 @@ async def _sync(args: argparse.Namespace) -> int:
             )
             return 0
         print(f"syncing {args.folder.resolve()} with {creds.server} (Ctrl-C to stop)", file=sys.stderr)
-        await engine.sync_forever(args.folder, home, creds, args.confirm_deletes)
+        await engine.sync_forever(args.folder, home, creds, args.confirm_deletes, lan)
         return 0
     except engine.SyncError as e:
         print(f"ferry: {e}", file=sys.stderr)
@@ -349,7 +385,22 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  kept here, {why}: {k}")
         for k, why in (f.get("not_downloaded") or {}).items():
             print(f"  {why}: {k}")
+        if f.get("lan"):
+            _print_lan(f["lan"])
     return 0
+
+
+def _print_lan(lan: dict[str, Any]) -> None:
+    peers = lan.get("peers", [])
+    print(f"  LAN: port {lan.get('port')}, {len(peers)} peer{'s' if len(peers) != 1 else ''} in sight; "
+          f"received {human_size(lan.get('from_peers', 0))} from peers, "
+          f"{human_size(lan.get('from_server', 0))} from the server; "
+          f"served {human_size(lan.get('served', 0))} to peers")  # fmt: skip
+    if lan.get("note"):
+        print(f"  LAN: {lan['note']}")
+    for p in peers:
+        print(f"  peer {p['address']}{' (static)' if p.get('static') else ''}: {p['state']}, "
+              f"{human_size(p.get('received', 0))} received")  # fmt: skip
 
 
 def _mkdir(remote: Remote, args: argparse.Namespace) -> Any:

@@ -36,6 +36,7 @@ import orjson
 from client import diskspace, durable, mounts, names
 from client import planner as p
 from client.home import Credentials
+from client.lan.node import LanNode, LanOptions, Scope
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
 from client.transfer import (
@@ -43,6 +44,7 @@ from client.transfer import (
     UMASK,
     LocalCopy,
     Remote,
+    block_getter,
     commit_blocks,
     fetch,
     place,
@@ -82,7 +84,7 @@ def folder_id(root: Path) -> str:
 
 class Engine:
     def __init__(self, root: Path, home: Path, creds: Credentials, *, confirm_deletes: bool = False,
-                 retry_for: float = 60.0) -> None:  # fmt: skip
+                 retry_for: float = 60.0, lan: LanOptions | None = None) -> None:  # fmt: skip
         self.root = root.resolve()
         self.home = home
         self.device = creds.device
@@ -107,6 +109,16 @@ class Engine:
         self.case_insensitive = False  # probed by check_root
         # why this cycle found the disk full or read-only (client.diskspace), if it did
         self._disk_trouble: str | None = None
+        self.lan = (
+            LanNode(home, lan, creds.server_key, self._ask_tickets, self._locate)
+            if lan and lan.enabled
+            else None
+        )
+        self._index: dict[
+            bytes, list[tuple[str, int, int]]
+        ] = {}  # block -> (path, offset, size): what we serve
+        self._index_stale = True
+        self._index_at = 0.0  # time.monotonic() of the last rebuild
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -141,6 +153,53 @@ class Engine:
 
     def disk(self, path: str) -> Path:
         return self.root / path.lstrip("/")
+
+    # --- LAN peers ----------------------------------------------------------------------
+
+    async def _start_lan(self) -> None:
+        if self.lan is not None:
+            try:
+                await self.lan.start()
+            except OSError as e:  # the sync goes on without peers
+                log.warning("LAN sync off: cannot listen for peers: %s", e)
+                self.lan.note = f"off: cannot listen for peers: {e.strerror or e}"
+                self.lan = None
+
+    async def _ask_tickets(self, fingerprint: bytes) -> m.LanTicketsReply:
+        reply: m.LanTicketsReply = await self.remote.run(
+            lambda conn: conn.call(lambda i: m.LanTickets(i, fingerprint), m.LanTicketsReply)
+        )
+        return reply
+
+    def _locate(self, h: bytes) -> list[tuple[Path, int, int, int]]:
+        """Where this device holds block ``h``, with each file's namespace."""
+        if self._index_stale and time.monotonic() - self._index_at > 1.0:
+            self._rebuild_index()  # files placed since: serve them now, not after the next cycle
+        out = []
+        for path, offset, size in self._index.get(h, ()):
+            space = mounts.mount_of(path, self.spaces)
+            if space is not None:
+                out.append((self.disk(path), offset, size, space.ns))
+        return out
+
+    def _ns_of(self, path: str) -> int:
+        space = mounts.mount_of(path, self.spaces)
+        return space.ns if space is not None else 0
+
+    def _source(self, ns: int) -> Scope | None:
+        """Where blocks of a file of namespace ``ns`` come from before the server."""
+        return self.lan.scope(ns) if self.lan is not None else None
+
+    def _rebuild_index(self) -> None:
+        if self.lan is None or not self._index_stale:
+            return
+        index: dict[bytes, list[tuple[str, int, int]]] = {}
+        for path, blocks in self.state.held_files():
+            offset = 0
+            for b in blocks:
+                index.setdefault(b.hash, []).append((path, offset, b.size))
+                offset += b.size
+        self._index, self._index_stale, self._index_at = index, False, time.monotonic()
 
     # --- one cycle ----------------------------------------------------------------
 
@@ -244,6 +303,9 @@ class Engine:
         settled = time.monotonic() + await self._settling_for()
         self._disk_trouble = None
         await self.pull()
+        if self.lan is not None:
+            self.lan.begin()  # after the first pull: the connection is up
+            self._rebuild_index()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
         await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
@@ -260,6 +322,7 @@ class Engine:
         actions = p.plan(local, remote, synced, self.conflict_name)
         actions = self._hold_back(self._guard_mass_delete(actions, synced))
         self._touched(actions)
+        self._index_stale = self._index_stale or bool(actions)
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))
         self.status["bytes_left"] = sum(self._size_of(a) for a in actions)
         self._write_status()
@@ -494,12 +557,15 @@ class Engine:
                     ErrorCode.BAD_ENTRY, f"{path}: the server's block list does not match its hash"
                 )
         wanted = list(dict.fromkeys(b.hash for _, e in todo for b in e.blocks or []))
+        ns_of = {b.hash: self._ns_of(path) for path, e in todo for b in e.blocks or []}
         got: dict[bytes, bytes] = {}
 
         async def fetch_all(conn: Any) -> None:
+            getters = {ns: block_getter(conn, self._source(ns)) for ns in set(ns_of.values())}
+
             async def one(h: bytes) -> None:
-                data = bytes(await conn.get_block(h))
-                if block_hash(data) != h:
+                data = bytes(await getters[ns_of[h]](h))
+                if self.lan is None and block_hash(data) != h:  # (LAN peers hash-check what they give)
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
                 failpoints.hit("client.download.block")
@@ -538,6 +604,7 @@ class Engine:
             records.append((path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                   entry.executable)))  # fmt: skip
         self.state.record_many(records)
+        self._index_stale = True
 
     async def _attempt(self, action: p.Action) -> None:
         """Run one action; a failure is reported and left to the next cycle."""
@@ -676,7 +743,14 @@ class Engine:
         dest = self.disk(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
-        tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
+        tmp = await fetch(
+            self.remote,
+            entry,
+            self.root / STAGING,
+            lambda n: None,
+            local=local,
+            source=self._source(self._ns_of(path)),
+        )
         failpoints.hit("client.download.staged")
         try:
             if not self._unchanged(path):
@@ -692,6 +766,7 @@ class Engine:
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
+        self._index_stale = True
 
     async def _local_copy(self, path: str, entry: m.Entry) -> LocalCopy | None:
         """The local file at ``path`` as a source of blocks for its new version,
@@ -771,6 +846,9 @@ class Engine:
                 *(k for k in self._scan.tree if CONFLICT_MARK in k and CONFLICT_MARK in k.rsplit("/", 1)[-1]),
             }
         )
+        if self.lan is not None:
+            self.status["lan"] = self.lan.status()
+            self.status["peers"] = [p["address"] for p in self.status["lan"]["peers"]]
         self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")
         write_status(self.home, str(self.root), self.status)
 
@@ -780,6 +858,7 @@ class Engine:
         """Cycle until nothing is left to do (waiting out files still being written)."""
         try:
             self.check_root()
+            await self._start_lan()
             for _ in range(MAX_ROUNDS):
                 actions = await self.cycle()
                 if self._disk_trouble is not None:  # the disk cannot take what is left
@@ -799,11 +878,14 @@ class Engine:
             raise
         finally:
             self._write_status()
+            if self.lan is not None:
+                await self.lan.stop()
             await self.remote.close()
 
     async def run_forever(self) -> None:
         """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
         self.check_root()
+        await self._start_lan()
         watcher = asyncio.create_task(self._watch())
         await asyncio.sleep(0)  # the watcher is set up before the first scan starts
         delays = backoff_delays(cap=30.0)
@@ -829,6 +911,8 @@ class Engine:
             watcher.cancel()
             self.status["state"] = "stopped"
             self._write_status()
+            if self.lan is not None:
+                await self.lan.stop()
             await self.remote.close()
 
     async def _watch(self) -> None:
@@ -909,19 +993,22 @@ def _state_errors(home: Path) -> Iterator[None]:
 
 
 async def sync_once(
-    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float
-) -> bool:
+    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, retry_for: float,
+    lan: LanOptions | None = None,
+) -> bool:  # fmt: skip
     with _state_errors(home):
-        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for)
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=retry_for, lan=lan)
         try:
             return await engine.run_once()
         finally:
             engine.state.close()
 
 
-async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_deletes: bool) -> None:
+async def sync_forever(
+    root: Path, home: Path, creds: Credentials, confirm_deletes: bool, lan: LanOptions | None = None
+) -> None:
     with _state_errors(home):
-        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0)
+        engine = Engine(root, home, creds, confirm_deletes=confirm_deletes, retry_for=10.0, lan=lan)
         try:
             await engine.run_forever()
         finally:

@@ -22,6 +22,7 @@ class Credentials:
     token: str
     device_id: int
     device: str
+    server_key: str = ""  # the server's Ed25519 key for LAN tickets (hex), given at login
 
 
 def home_dir(explicit: str | None = None) -> Path:

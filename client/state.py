@@ -264,6 +264,19 @@ class State:
                     (dst, len(src) + 1, src, lo, hi),
                 )
 
+    def held_files(self) -> Iterator[tuple[str, list[m.BlockRef]]]:
+        """Files on disk as last synced (their observed content is the synced
+        version's), with that version's blocks: what this device can serve
+        to LAN peers (each block is hash-checked again when read)."""
+        rows = self.db.execute(
+            "SELECT r.path, r.entry, s.content_hash FROM remote r JOIN synced s ON s.path = r.path"
+            " JOIN observed o ON o.path = r.path WHERE s.kind = 'file' AND s.content_hash = o.content_hash"
+        ).fetchall()
+        for path, blob, digest in rows:
+            e = orjson.loads(blob)
+            if e.get("blocks") and e.get("content_hash") == bytes(digest).hex():
+                yield path, from_wire(list[m.BlockRef], e["blocks"], "blocks")
+
     # --- observed local files ----------------------------------------------------------
 
     def observed(self) -> dict[str, Observed]:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from client import durable
 from client.home import Credentials
@@ -40,6 +40,37 @@ HELD = 16  # blocks read but not yet sent, at most (bounds memory)
 STAGING_PREFIX = ".ferry-tmp-"
 
 
+class BlockSource(Protocol):
+    """Somewhere else to get a block before the server (LAN peers: ``client.lan``)."""
+
+    async def get_block(
+        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        """Block ``h``, hash-checked (wherever it came from), or an error."""
+        ...
+
+    def first_block(self, content: bytes, count: int) -> int:
+        """Where to start fetching a file of ``count`` blocks: devices fetching the
+        same file start at different blocks, so each can take from the others
+        what they fetched first instead of all asking the server for block 0."""
+        ...
+
+    def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
+        """Block ``h`` is now at ``offset`` of the half-fetched ``tmp`` (peers may have it)."""
+
+    def released(self, tmp: Path) -> None:
+        """``tmp`` is gone or about to be renamed: none of its blocks are there any more."""
+
+
+def block_getter(
+    conn: Connection, source: BlockSource | None
+) -> Callable[[bytes], Awaitable[bytes | memoryview]]:
+    """``conn.get_block``, trying ``source`` first when there is one."""
+    if source is None:
+        return conn.get_block
+    return lambda h: source.get_block(h, lambda: conn.get_block(h))
+
+
 class Remote:
     """A connection that comes back: runs operations, reconnecting with
     exponential backoff and jitter for up to ``retry_for`` seconds."""
@@ -50,13 +81,16 @@ class Remote:
         self.conn: Connection | None = None
         self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None  # pushes
         self.on_closed: Callable[[], None] | None = None
+        self._connecting = asyncio.Lock()  # two operations starting at once share one connection
 
     async def connection(self) -> Connection:
-        if self.conn is None:
-            self.conn = await connect(self.creds.server, self.creds.token, self.retry_for)
-            self.conn.on_changed = self.on_changed
-            self.conn.on_closed = self.on_closed
-        return self.conn
+        async with self._connecting:
+            if self.conn is None:
+                conn = await connect(self.creds.server, self.creds.token, self.retry_for)
+                conn.on_changed = self.on_changed
+                conn.on_closed = self.on_closed
+                self.conn = conn
+            return self.conn
 
     async def run(self, op: Callable[[Connection], Awaitable[R]]) -> R:
         """Run ``op``, again after a dropped connection or while the server
@@ -303,8 +337,8 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tup
 # --- download ------------------------------------------------------------------------
 
 
-def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes) -> None:
-    if block_hash(data) != expected:
+def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes, checked: bool = False) -> None:
+    if not checked and block_hash(data) != expected:
         raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
     os.pwrite(fd, data, offset)
 
@@ -340,11 +374,13 @@ async def fetch(
     progress: Progress,
     window: int = 8,
     local: LocalCopy | None = None,
+    source: BlockSource | None = None,
 ) -> Path:
     """Fetch ``entry`` into a new temp file in ``folder``: every block
     hash-checked, the content hash checked, mode and mtime set, fsynced.
     Blocks ``local`` already holds are copied from it (only the changed ones
-    cross the network). The caller renames it into place (see :func:`place`)."""
+    cross the network); the others come from ``source`` (LAN peers) when it
+    has them, else from the server. The caller renames it into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
@@ -360,19 +396,26 @@ async def fetch(
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, window)
 
+        count = len(entry.blocks)
+        first = source.first_block(entry.content_hash, count) if source is not None and count else 0
+        order = [(first + k) % count for k in range(count)]
+
         async def fetch_all(conn: Connection) -> None:
             slots = asyncio.Semaphore(window)
+            get_block = block_getter(conn, source)
 
             async def one(i: int) -> None:
                 async with slots:
                     ref = entry.blocks[i]  # type: ignore[index]
-                    data = await conn.get_block(ref.hash)
-                    await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash)
+                    data = await get_block(ref.hash)
+                    await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash, source is not None)
                     done.add(i)
                     failpoints.hit("client.download.block")
                     progress(ref.size)
+                    if source is not None:
+                        source.holding(ref.hash, tmp, offsets[i], ref.size)
 
-            await gather_all([one(i) for i in range(len(entry.blocks or [])) if i not in done])
+            await gather_all([one(i) for i in order if i not in done])
 
         await remote.run(fetch_all)
         mode = 0o755 if entry.executable else 0o644
@@ -380,6 +423,8 @@ async def fetch(
         fd = -1
         return tmp
     finally:
+        if source is not None:
+            source.released(tmp)
         if fd >= 0:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

@@ -65,6 +65,12 @@ class Hello(Message):
     TYPE: ClassVar[str] = "hello"
     versions: list[int]
     client: str = ""
+    # on the LAN peer link only (see client.lan): the asking device's server-signed
+    # ticket, its TLS certificate (DER, base64) and its signature over the serving
+    # peer's certificate fingerprint, which binds the ticket to this connection
+    ticket: str = ""
+    cert: str = ""
+    proof: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class Welcome(Message):
     max_in_flight: int
     max_block: int
     namespaces: list[NamespaceInfo] = field(default_factory=list)
+    ticket: str = ""  # on the LAN peer link: the serving device's ticket (vouches for its TLS key)
 
 
 # --- requests --------------------------------------------------------------
@@ -645,6 +652,44 @@ class NamespacesChanged(Message):
     namespaces: list[NamespaceInfo]
 
 
+# --- LAN peers -----------------------------------------------------------------
+#
+# Devices on one LAN hand each other blocks (client.lan). The server vouches for
+# each device: it signs a short-lived *ticket* naming the device's TLS key
+# fingerprint and opaque ids of the namespaces it may read. Peers check tickets
+# with the server's public key; the server is not asked on the LAN.
+
+
+@dataclass(frozen=True, slots=True)
+class LanSpace:
+    """One namespace as the LAN sees it: ``ns`` is never sent to peers; ``tag``
+    (an opaque id that only members learn) is, and ``tag_key`` keys the
+    rotating discovery tags (``protocol.lan.discovery_tag``)."""
+
+    ns: int
+    tag: str
+    tag_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LanTickets(Message):
+    """Vouch for this device's LAN TLS key (``fingerprint``: SHA-256 of its certificate)."""
+
+    TYPE: ClassVar[str] = "lan_tickets"
+    id: int
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LanTicketsReply(Message):
+    TYPE: ClassVar[str] = "lan_ticket"
+    id: int
+    ticket: str  # for every namespace the device can read now
+    expires_s: int  # unix seconds
+    server_key: str  # the server's Ed25519 public key (hex), as given at login
+    spaces: list[LanSpace]
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, Welcome, Ping, Stat, ListFolder, ListChanges, QueryBlocks, GetBlock, Commit, Mkdir, Move,
     Delete, Pong, Ok, EntryReply, Listing, Changes, BlocksMissing, Committed, Changed, Error,
@@ -653,6 +698,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Versions, VersionReply, DeletedListing, SnapshotListing, Restored,
     Share, Unshare, ListInvitations, Accept, Leave, ListMembers, CreateLink, ListLinks, RevokeLink, GetQuota,
     Shared, Invitations, Members, LinkCreated, Links, QuotaReply, NamespacesChanged, ListNamespaces,
-    NamespaceList,
+    NamespaceList, LanTickets, LanTicketsReply,
 )  # fmt: skip
 BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, bounds, db, gc, links, ws
+from server import api, bounds, db, gc, links, metrics, ws
 from server.blockstore import open_block_store
 from server.config import Settings
+from server.lan import LanAuthority
 from server.metastore import MetaStore
 from server.notifier import Notifier
 from server.services import Services
@@ -45,7 +46,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await blocks.check()
         except Exception as e:  # keep serving metadata; block requests will say why they fail
             log.error("block store not usable yet: %s", e)
-        app.state.services = Services(settings, MetaStore(pool), blocks, notifier)
+        app.state.services = Services(settings, MetaStore(pool), blocks, notifier,
+                                      LanAuthority(settings.data_dir, settings.lan_ticket_ttl))  # fmt: skip
         await gc.record_settings(pool, settings, str(getattr(blocks, "url", settings.block_spec)))
         collector = (
             asyncio.create_task(gc.run_periodically(pool, blocks, settings)) if settings.gc_every else None
@@ -64,6 +66,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", metrics.metrics),
             *api.routes(),
             Route("/s/{token}", links.serve, methods=["GET", "HEAD"]),
             WebSocketRoute("/ws", ws.endpoint),

@@ -66,6 +66,7 @@ class Settings:
     keep_versions_days: int = 180  # 0: forever
     gc_every: float = 3600.0  # seconds between background GC runs; 0: never
     gc_grace: float = 3600.0  # blocks uploaded this recently are never collected
+    lan_ticket_ttl: int = 300  # s a LAN peer ticket is valid (server.lan)
 
     @property
     def max_frame(self) -> int:
@@ -116,6 +117,10 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     add_retention_flags(p, default=True)
     p.add_argument("--gc-every", type=parse_duration, default=parse_duration(_env("gc_every", "1h") or "1h"),
                    help="run retention pruning and GC in the background this often (default 1h; 0 never)")  # fmt: skip
+    p.add_argument("--lan-ticket-ttl", type=parse_duration,
+                   default=parse_duration(_env("lan_ticket_ttl", "5m") or "5m"),
+                   help="how long a LAN peer ticket is valid: revoking a device or a share reaches "
+                        "the LAN within this (default 5m)")  # fmt: skip
     add_bound_flags(p)
 
 
@@ -164,7 +169,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for name in ("host", "port", "blocks", "s3_endpoint", "cache_bytes", "log_level",
                  "keep_versions_days", "gc_every", "gc_grace", "handshake_timeout", "idle_timeout",
                  "send_timeout", "max_connections_per_user", "max_connections_per_ip",
-                 "allowed_origins"):  # fmt: skip
+                 "allowed_origins", "lan_ticket_ttl"):  # fmt: skip
         if getattr(args, name, None) is not None:
             setattr(s, name, getattr(args, name))
+    s.lan_ticket_ttl = max(1, int(s.lan_ticket_ttl))
     return s

@@ -18,7 +18,9 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES
 from server.blockstore import BadBlock, BlockNotFound, BlockStore, BlockStoreError, StoreUnavailable
 from server.config import Settings
+from server.lan import LanAuthority
 from server.metastore import MetaStore, Principal
+from server.metrics import COUNTERS
 from server.notifier import Notifier
 
 log = logging.getLogger("ferry.services")
@@ -30,6 +32,7 @@ class Services:
     meta: MetaStore
     blocks: BlockStore
     notifier: Notifier
+    lan: LanAuthority | None = None  # None: this server issues no LAN tickets
 
     async def put_block(self, who: Principal, h: bytes, data: memoryview | bytes) -> None:
         """Store a block the user sent. The bytes must hash to ``h`` even when
@@ -52,6 +55,7 @@ class Services:
             failpoints.hit("server.block.stored")
             await self.meta.record_upload(who, h, len(data))
             failpoints.hit("server.block.recorded")
+            COUNTERS.block_bytes_received_total += len(data)
 
     async def authenticate(self, authorization: str) -> Principal:
         """Who sends this ``Authorization: Bearer <device token>`` header: the
@@ -71,7 +75,10 @@ class Services:
     async def read_block(self, h: bytes) -> bytes:
         """A block's bytes, for a caller that has checked the reader may have them."""
         with translate_errors():
-            return await self.blocks.get(h)
+            data = await self.blocks.get(h)
+        COUNTERS.block_requests_total += 1
+        COUNTERS.block_bytes_sent_total += len(data)
+        return data
 
     async def get_block(self, who: Principal, h: bytes) -> bytes:
         await self.check_readable(who, h)

@@ -32,6 +32,7 @@ from protocol.paths import validate_path
 from protocol.version import negotiate
 from server import bounds, mounts, sharing, versions
 from server.metastore import Principal
+from server.metrics import COUNTERS
 from server.services import Services, translate_errors
 
 log = logging.getLogger("ferry.ws")
@@ -375,6 +376,12 @@ class Session:
                 case (m.Share() | m.Unshare() | m.ListInvitations() | m.Accept() | m.Leave() | m.ListMembers()
                       | m.CreateLink() | m.ListLinks() | m.RevokeLink() | m.GetQuota()):  # fmt: skip
                     return await sharing.handle(meta, who, msg)
+                case m.LanTickets(id=i, fingerprint=fp):
+                    if self.services.lan is None:
+                        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "this server does not issue LAN tickets")
+                    spaces = await meta.namespaces(who)
+                    COUNTERS.lan_tickets_issued_total += 1
+                    return self.services.lan.issue(i, fp, [n.ns for n in spaces])
                 case m.Hello():
                     raise ProtocolError(ErrorCode.PROTOCOL, "hello was already exchanged")
                 case _:

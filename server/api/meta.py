@@ -48,7 +48,7 @@ async def login(request: Request) -> Response:
         application/json:
           schema: {type: object, required: [user, password], properties: {user: {type: string}, password: {type: string}, device: {type: string}}}
     responses:
-      200: {description: '{"token", "device_id", "user"}'}
+      200: {description: '{"token", "device_id", "user", "lan_key" (the server's Ed25519 key for LAN peer tickets, hex)}'}
       401: {description: wrong user name or password}
     """
     services: Services = request.app.state.services
@@ -65,7 +65,10 @@ async def login(request: Request) -> Response:
         )
     except ProtocolError as e:
         return error_response(e)
-    return JSONResponse({"token": token, "device_id": device_id, "user": data["user"]})
+    body = {"token": token, "device_id": device_id, "user": data["user"]}
+    if services.lan is not None:  # the key LAN peers' tickets are checked with (server.lan)
+        body["lan_key"] = services.lan.public_hex
+    return JSONResponse(body)
 
 
 @authed

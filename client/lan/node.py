@@ -1,0 +1,427 @@
+"""This device on the LAN: what the sync engine uses to fetch blocks from
+peers before the server, and to serve its own blocks to them.
+
+Theory of operation. At start the node listens for peer links (TLS) on the
+LAN port, or an ephemeral one when that is taken, and asks the server for a
+ticket (renewed at half its lifetime). Once it has one, it announces itself
+(``discovery``). To fetch a block it asks the peers in sight that share a
+namespace with it, one after the other, each within ``fallback_s``; then
+the server. A peer that refuses the connection is tried again half a second
+later (it may be starting); one that makes us wait out the fallback is set
+aside for 10 s, twice as long each time in a row up to a minute; one that
+sends bytes not matching the hash, for ten minutes. A block
+being fetched from the server is served to a peer that asks for it meanwhile
+(once it arrives), and devices start a file at different blocks
+(:meth:`Scope.first_block`), so devices fetching the same new file at once
+split it between them rather than each fetching it all. It counts
+bytes from peers and from the server for ``ferry status``. Serving is
+bounded: at most ``max_links`` links, ``max_blocks`` blocks being read for
+peers at once, and optionally ``rate`` bytes per second, so a busy peer
+keeps its own sync going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.lan.discovery import Discovery
+from client.lan.identity import Identity, load_identity
+from client.lan.link import PeerGone, PeerLink, Serving, open_link, serve_link
+from protocol import lan
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.hashing import block_hash
+
+log = logging.getLogger("ferry.lan")
+DEFAULT_PORT = 17500
+SLOW_PENALTY = 60.0  # s a peer that timed out or dropped us is left alone (at most)
+SLOW_BASE = 10.0  # s for the first time out
+REFUSED_PENALTY = 0.5  # s after a refused connection (not started yet? restarting?)
+BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
+SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
+IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
+
+Locate = Callable[[bytes], list[tuple[Path, int, int, int]]]  # hash -> (file, offset, size, ns)
+AskTickets = Callable[[bytes], Awaitable[m.LanTicketsReply]]
+
+
+@dataclass
+class LanOptions:
+    enabled: bool = True
+    port: int = DEFAULT_PORT
+    peers: list[tuple[str, int]] = field(default_factory=list)  # static: --lan-peer
+    fallback_s: float = 2.0
+    max_links: int = 16
+    max_blocks: int = 4
+    rate: int = 0  # bytes per second served; 0: unlimited
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a peer address: {text!r} (try 192.168.1.20:17500)")
+    return host, int(port)
+
+
+@dataclass
+class Peer:
+    host: str
+    port: int
+    static: bool
+    seen: float = 0.0
+    link: PeerLink | None = None
+    link_ticket: str = ""  # our ticket the link was opened with
+    bad_until: float = 0.0
+    failures: int = 0  # in a row: each sets the peer aside twice as long
+    why: str = ""
+    received: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class LanNode:
+    def __init__(self, home: Path, options: LanOptions, server_key: str, ask_tickets: AskTickets,
+                 locate: Locate) -> None:  # fmt: skip
+        self.options = options
+        self.home = home
+        self.server_key = server_key  # given at login; empty for a device logged in before LAN sync
+        self.ask_tickets, self.locate = ask_tickets, locate
+        self.me: Identity | None = None
+        self.reply: m.LanTicketsReply | None = None
+        self.ready = asyncio.Event()
+        self.peers: dict[tuple[str, int], Peer] = {(h, p): Peer(h, p, static=True) for h, p in options.peers}
+        self.from_peers = self.from_server = self.served = 0
+        self.port: int | None = None
+        self.note = ""  # why LAN sync is limited, for ferry status
+        self._server: asyncio.Server | None = None
+        self._discovery: Discovery | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # links being closed
+        self._ticket_task: asyncio.Task[None] | None = None
+        self._links = 0
+        self._blocks = asyncio.Semaphore(options.max_blocks)
+        self._next_send = 0.0
+        # blocks of files being fetched now: where in which temp file, and their namespace
+        self.partial: dict[bytes, dict[Path, tuple[int, int, int]]] = {}
+        # blocks being fetched from the server now, with the namespace of the file that needs them
+        self._fetching: dict[bytes, tuple[int, asyncio.Future[bytes | memoryview]]] = {}
+
+    def scope(self, ns: int) -> Scope:
+        """A block source for a file of namespace ``ns`` (``client.transfer.BlockSource``)."""
+        return Scope(self, ns)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.me = await asyncio.to_thread(load_identity, self.home)
+        await self._listen()
+
+    def begin(self) -> None:
+        """Ask for tickets (and then announce) from now on; idempotent."""
+        if self._ticket_task is None:
+            self._ticket_task = asyncio.create_task(self._ticket_loop())
+
+    async def stop(self) -> None:
+        for t in [*self._tasks, self._ticket_task]:
+            if t is not None:
+                t.cancel()
+        if self._discovery is not None:
+            await self._discovery.stop()
+        if self._server is not None:
+            self._server.close()
+        for peer in self.peers.values():
+            if peer.link is not None:
+                await peer.link.close()
+
+    async def _listen(self) -> None:
+        assert self.me is not None
+        ctx = self.me.server_context()
+        for port in (self.options.port, 0):
+            try:
+                self._server = await asyncio.start_server(self._on_link, port=port, ssl=ctx,
+                                                          ssl_handshake_timeout=5)  # fmt: skip
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or port == 0:
+                    raise
+                continue
+            self.port = self._server.sockets[0].getsockname()[1]
+            if port == 0:
+                self.note = (
+                    f"port {self.options.port} is in use (another device here?); serving on {self.port}"
+                )
+                log.info("LAN: %s", self.note)
+            return
+
+    async def _ticket_loop(self) -> None:
+        assert self.me is not None
+        while True:
+            try:
+                reply = await self.ask_tickets(self.me.fingerprint)
+            except ProtocolError as e:
+                if e.code == ErrorCode.UNKNOWN_TYPE:
+                    self.note = "the server issues no LAN tickets (an older server?): LAN sync is off"
+                    return
+                log.info("LAN: no ticket yet (%s); retrying", e.message)
+                await asyncio.sleep(30)
+                continue
+            except Exception as e:
+                log.debug("LAN: no ticket yet (%s); retrying", e)
+                await asyncio.sleep(10)
+                continue
+            if self.server_key and reply.server_key != self.server_key:
+                self.note = (
+                    "the server's LAN key differs from the one given at login: run `ferry login` again"
+                )
+                log.warning("LAN: %s", self.note)
+                return
+            self.server_key = self.server_key or reply.server_key  # logged in before LAN sync existed
+            self.reply = reply
+            self.ready.set()
+            if self._discovery is None:
+                await self._start_discovery()
+            await asyncio.sleep(max(1.0, (reply.expires_s - time.time()) / 2))
+
+    async def _start_discovery(self) -> None:
+        def tags(epoch: int) -> list[str]:
+            spaces = self.reply.spaces if self.reply else []
+            return [lan.discovery_tag(s.tag_key, epoch) for s in spaces]
+
+        self._discovery = Discovery(self.options.port, secrets.token_hex(8), tags, lambda: self.port or 0,
+                                    self._found)  # fmt: skip
+        try:
+            await self._discovery.start()
+        except OSError as e:
+            log.info("LAN discovery off: %s", e)
+        if not self._discovery.listening:
+            self.note = self.note or f"cannot listen for announcements on UDP port {self.options.port}"
+
+    def _found(self, host: str, port: int) -> None:
+        if (host, port) == ("127.0.0.1", self.port):
+            return
+        peer = self.peers.setdefault((host, port), Peer(host, port, static=False))
+        peer.seen = time.monotonic()
+
+    # --- fetching ----------------------------------------------------------------------
+
+    def _tags(self) -> frozenset[str]:
+        return frozenset(s.tag for s in self.reply.spaces) if self.reply else frozenset()
+
+    def _candidates(self) -> list[Peer]:
+        now = time.monotonic()
+        mine = self._tags()
+        return [
+            p for p in self.peers.values()
+            if p.bad_until <= now and (p.static or now - p.seen < SIGHT_S)
+            and (p.link is None or p.link.tags & mine)
+        ]  # fmt: skip
+
+    async def get_block(
+        self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        """The block from the first peer that has it, else from the server; hash-checked either way."""
+        if self.peers and not self.ready.is_set():  # the first ticket is on its way
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ready.wait(), self.options.fallback_s)
+        if self.reply is not None:
+            for peer in self._candidates():
+                data = await self._from_peer(peer, h)
+                if data is not None:
+                    self.from_peers += len(data)
+                    peer.received += len(data)
+                    return data
+        if h in self._fetching:  # another file of ours needs it too: one fetch
+            return await asyncio.shield(self._fetching[h][1])
+        fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
+        self._fetching[h] = (ns, fut)
+        try:
+            data = await from_server()
+            if await asyncio.to_thread(block_hash, data) != h:
+                raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
+        except BaseException as e:
+            fut.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
+            fut.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            fut.set_result(data)
+        finally:
+            del self._fetching[h]
+        self.from_server += len(data)
+        return data
+
+    async def _from_peer(self, peer: Peer, h: bytes) -> bytes | memoryview | None:
+        started = time.monotonic()
+        try:
+            link = await self._link(peer)
+            if link is None or not link.tags & self._tags():
+                return None
+            data = await asyncio.wait_for(link.get_block(h), self.options.fallback_s)
+        except ProtocolError as e:
+            if e.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY):
+                return None
+            self._set_aside(peer, SLOW_PENALTY, e.message)
+            return None
+        except (PeerGone, TimeoutError) as e:
+            # a peer that made us wait out the fallback is left alone longer each time
+            if time.monotonic() - started < self.options.fallback_s * 0.9:
+                self._set_aside(peer, REFUSED_PENALTY, str(e))  # costs nothing to try again soon
+                return None
+            self._set_aside(peer, min(SLOW_PENALTY, SLOW_BASE * 2**peer.failures), str(e) or "timed out")
+            peer.failures += 1
+            return None
+        if await asyncio.to_thread(block_hash, data) != h:
+            log.warning(
+                "LAN: peer %s sent a corrupted block; not asking it for %d s", peer.address, BAD_PENALTY
+            )
+            self._set_aside(peer, BAD_PENALTY, "sent a corrupted block")
+            return None
+        return data
+
+    async def _link(self, peer: Peer) -> PeerLink | None:
+        """The open link to ``peer`` (None: set aside meanwhile), made again when
+        either side's ticket has run out or ours was renewed."""
+        async with peer.lock:  # one connection attempt at a time
+            if peer.bad_until > time.monotonic():
+                return None
+            assert self.me is not None and self.reply is not None
+            link = peer.link
+            if (
+                link is not None
+                and link.closed is None
+                and link.expires_s > time.time()
+                and (peer.link_ticket == self.reply.ticket)
+            ):
+                return link
+            if link is not None:
+                self._close(link)
+            peer.link = await open_link(peer.host, peer.port, self.me, self.reply.ticket, self.server_key,
+                                        self.options.fallback_s)  # fmt: skip
+            peer.link_ticket, peer.failures = self.reply.ticket, 0
+            return peer.link
+
+    def _close(self, link: PeerLink) -> None:
+        task = asyncio.create_task(link.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_aside(self, peer: Peer, seconds: float, why: str) -> None:
+        until = time.monotonic() + seconds
+        if peer.bad_until >= until:  # already for longer (e.g. its link, closed after a bad block)
+            return
+        peer.bad_until, peer.why = until, why
+        if peer.link is not None:
+            self._close(peer.link)
+            peer.link = None
+
+    # --- serving ------------------------------------------------------------------------
+
+    async def _on_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._links >= self.options.max_links or self.me is None:
+            writer.close()  # busy: the asker goes elsewhere
+            return
+        self._links += 1
+        try:
+            serving = Serving(self.me, lambda: self.reply.ticket if self.reply else "", self._tags,
+                              lambda: self.server_key, self._read_block, self._count_served)  # fmt: skip
+            await serve_link(reader, writer, serving)
+        finally:
+            self._links -= 1
+
+    def _count_served(self, n: int) -> None:
+        self.served += n
+
+    async def _read_block(self, h: bytes, allowed: frozenset[str]) -> bytes | None:
+        tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
+        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
+        for path, offset, size, ns in [*self.locate(h), *partial]:
+            if tag_of.get(ns) not in allowed:
+                continue
+            async with self._blocks:  # disk reads for peers, at most max_blocks at once
+                data = await asyncio.to_thread(_read_checked, path, offset, size, h)
+                if data is not None:
+                    await self._pace(size)
+                    return data
+        fetching = self._fetching.get(h)
+        if fetching is not None and tag_of.get(fetching[0]) in allowed:
+            with contextlib.suppress(Exception):  # fetched too slowly, or failed: "not found"
+                got = await asyncio.wait_for(asyncio.shield(fetching[1]), IN_FLIGHT_WAIT)
+                await self._pace(len(got))
+                return bytes(got)  # hash-checked when it arrived
+        return None
+
+    async def _pace(self, size: int) -> None:
+        """Hold sends to ``rate`` bytes per second (over every link)."""
+        if not self.options.rate:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_send)
+        self._next_send = start + size / self.options.rate
+        await asyncio.sleep(start - now)
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        peers = []
+        for p in self.peers.values():
+            if not (p.static or now - p.seen < SIGHT_S):
+                continue
+            state = f"set aside: {p.why}" if p.bad_until > now else ("connected" if p.link else "in sight")
+            peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received})
+        return {"port": self.port, "note": self.note, "ticket": self.reply is not None, "peers": peers,
+                "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
+
+
+@dataclass
+class Scope:
+    """LAN peers as the source of the blocks of one namespace's file."""
+
+    node: LanNode
+    ns: int
+
+    async def get_block(
+        self, h: bytes, from_server: Callable[[], Awaitable[bytes | memoryview]]
+    ) -> bytes | memoryview:
+        return await self.node.get_block(h, self.ns, from_server)
+
+    def first_block(self, content: bytes, count: int) -> int:
+        me = self.node.me.fingerprint if self.node.me else b""
+        return int.from_bytes(hashlib.sha256(me + content).digest()[:8], "big") % count
+
+    def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
+        self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns)
+
+    def released(self, tmp: Path) -> None:
+        for h in [h for h, where in self.node.partial.items() if tmp in where]:
+            del self.node.partial[h][tmp]
+            if not self.node.partial[h]:
+                del self.node.partial[h]
+
+
+def _read_checked(path: Path, offset: int, size: int, h: bytes) -> bytes | None:
+    """The block at ``offset`` of ``path`` if it still hashes to ``h`` (the file may have changed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size and block_hash(data) == h else None

@@ -1,0 +1,61 @@
+"""The LAN node's own bookkeeping, without sockets: peer addresses, the serving
+rate budget, where each device starts a file, blocks of half-fetched files."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from client.lan.node import LanNode, LanOptions, parse_peer
+
+
+def node(tmp_path: Path, **options: object) -> LanNode:
+    async def no_tickets(fp: bytes) -> object:
+        raise AssertionError("not asked")
+
+    return LanNode(tmp_path, LanOptions(**options), "", no_tickets, lambda h: [])  # type: ignore[arg-type]
+
+
+def test_peer_addresses() -> None:
+    assert parse_peer("192.168.1.20:17500") == ("192.168.1.20", 17500)
+    assert parse_peer("[fe80::1]:17500") == ("fe80::1", 17500)
+    assert parse_peer("nas.local:1") == ("nas.local", 1)
+    for bad in ("nas.local", ":17500", "host:0", "host:65536", "host:http"):
+        with pytest.raises(ValueError, match="not a peer address"):
+            parse_peer(bad)
+
+
+def test_serving_rate_spreads_sends_over_time(tmp_path: Path) -> None:
+    lan = node(tmp_path, rate=10_000_000)
+
+    async def two_blocks() -> float:
+        start = time.monotonic()
+        await lan._pace(1_000_000)
+        await lan._pace(1_000_000)
+        return lan._next_send - start
+
+    assert asyncio.run(two_blocks()) == pytest.approx(0.2, abs=0.05)  # the budget, not a speed
+
+
+def test_devices_start_a_file_at_different_blocks(tmp_path: Path) -> None:
+    from client.lan.identity import load_identity
+
+    starts = set()
+    for name in "abcd":
+        lan = node(tmp_path / name)
+        lan.me = load_identity(tmp_path / name)
+        starts.add(lan.scope(1).first_block(b"\x07" * 32, 1000))
+    assert len(starts) == 4
+
+
+def test_blocks_of_a_half_fetched_file_are_forgotten_when_it_is_released(tmp_path: Path) -> None:
+    lan = node(tmp_path)
+    scope = lan.scope(3)
+    scope.holding(b"h1", tmp_path / "t1", 0, 10)
+    scope.holding(b"h2", tmp_path / "t1", 10, 10)
+    scope.holding(b"h1", tmp_path / "t2", 0, 10)
+    scope.released(tmp_path / "t1")
+    assert lan.partial == {b"h1": {tmp_path / "t2": (0, 10, 3)}}

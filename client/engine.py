@@ -23,17 +23,16 @@ import logging
 import os
 import random
 import stat as st
-import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from client import durable, mounts, names
+from client import durable, fs, mounts, names
 from client import planner as p
+from client.clock import Clock, SystemClock
 from client.home import Credentials
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
@@ -80,13 +79,18 @@ def folder_id(root: Path) -> str:
 
 class Engine:
     def __init__(self, root: Path, home: Path, creds: Credentials, *, confirm_deletes: bool = False,
-                 retry_for: float = 60.0) -> None:  # fmt: skip
-        self.root = root.resolve()
+                 retry_for: float = 60.0, disk: fs.Disk | None = None, clock: Clock | None = None,
+                 remote: Remote | None = None) -> None:  # fmt: skip
+        """``disk``, ``clock`` and ``remote`` (the server connection) default to the real
+        ones; the deterministic simulation (``tests/sim``) passes its own."""
+        self.fs: fs.Disk = disk or fs.OsDisk()
+        self.clock = clock or SystemClock()
+        self.root = root.resolve() if isinstance(self.fs, fs.OsDisk) else root
         self.home = home
         self.device = creds.device
         self.confirm_deletes = confirm_deletes
         self.state = State(home / "folders" / folder_id(self.root) / "state.db")
-        self.remote = Remote(creds, retry_for)
+        self.remote = remote or Remote(creds, retry_for, clock=self.clock)
         self.wakeup = asyncio.Event()
         self.remote.on_changed = lambda _msg: self.wakeup.set()
         self.remote.on_closed = self.wakeup.set
@@ -101,7 +105,7 @@ class Engine:
         self._dirty: set[str] = set()  # disk paths changed since the last scan
         self._watching = False  # the watcher is running: no change goes unreported
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
-        self._full_at = 0.0  # time.monotonic() of the last full scan
+        self._full_at = 0.0  # clock.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
 
     # --- set-up ----------------------------------------------------------------------
@@ -111,23 +115,23 @@ class Engine:
         (an unmounted disk or a replaced folder): that would delete everything."""
         enable_writer_checks()
         marker = self.root / MARKER
-        if self.state.get("initialised") == "yes" and not marker.exists():
+        if self.state.get("initialised") == "yes" and not self.fs.exists(marker):
             raise SyncError(
                 f"{self.root} is missing or is not the folder synced before (no {MARKER} marker); "
                 "if the disk is unmounted, mount it; nothing was changed"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
-        (self.root / STAGING).mkdir(exist_ok=True)
+        self.fs.mkdir(self.root, parents=True, exist_ok=True)
+        if not self.fs.exists(marker):
+            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
+        self.fs.mkdir(self.root / STAGING, exist_ok=True)
         self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
-        for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
+        for leftover in self.fs.listdir(self.root / STAGING):  # temp files of an interrupted download
             with contextlib.suppress(OSError):
-                leftover.unlink()
+                self.fs.unlink(self.root / STAGING / leftover)
         self.state.put("initialised", "yes")
 
     def conflict_name(self, path: str) -> str:
-        return p.conflict_name(path, self.device, datetime.now())
+        return p.conflict_name(path, self.device, self.clock.now())
 
     def disk(self, path: str) -> Path:
         return self.root / path.lstrip("/")
@@ -197,7 +201,7 @@ class Engine:
         later). They are kept on disk and listed in the status."""
         held: dict[str, str] = {}
         kept: list[p.Action] = []
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for action in actions:
             refused = mounts.held_back(action, self.spaces)
             if refused is not None:
@@ -212,16 +216,18 @@ class Engine:
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
         if e.code == ErrorCode.QUOTA_EXCEEDED:
             for path in paths:
-                self._over_quota[path] = time.monotonic() + 60
+                self._over_quota[path] = self.clock.monotonic() + 60
                 self.status.setdefault("not_uploaded", {})[path] = f"not uploaded: {e.message}"
 
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
-        settled = time.monotonic() + await self._settling_for()
+        settled = self.clock.monotonic() + await self._settling_for()
         await self.pull()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
-        await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
+        await asyncio.sleep(
+            settled - self.clock.monotonic()
+        )  # what is left of it: reading the state took a while
         self._scan = await self._scan_disk(known)
         for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
             self._scan.skipped[path] = (
@@ -298,7 +304,11 @@ class Engine:
         return names.clashes(self.state.remote_tree())
 
     def _incremental(self) -> bool:
-        return self._watching and not self._full_needed and time.monotonic() - self._full_at < FULL_SCAN_EVERY
+        return (
+            self._watching
+            and not self._full_needed
+            and self.clock.monotonic() - self._full_at < FULL_SCAN_EVERY
+        )
 
     async def _settling_for(self) -> float:
         """Live mode: how long until the files just changed have settled (at most
@@ -306,7 +316,7 @@ class Engine:
         as still being written, which costs a whole extra cycle."""
         if not self._incremental() or not self._dirty:
             return 0.0
-        return await asyncio.to_thread(_settling_for, self._dirty.copy())
+        return await self.fs.run(_settling_for, self._dirty.copy(), self.clock.time())
 
     async def _scan_disk(self, known: dict[str, Observed]) -> Scan:
         """A full scan unless the watcher reported every change since the last
@@ -314,15 +324,15 @@ class Engine:
         dirty, self._dirty = self._dirty, set()
         if self._incremental():
             try:
-                return await asyncio.to_thread(
-                    rescan, self.root, self._scan, dirty, known, self.conflict_name
+                return await self.fs.run(
+                    rescan, self.root, self._scan, dirty, known, self.conflict_name, self.clock.time()
                 )
             except BaseException:
                 self._full_needed = True  # the dirty paths are spent
                 raise
         self._full_needed = False
-        self._full_at = time.monotonic()
-        return await asyncio.to_thread(scan, self.root, known, self.conflict_name)
+        self._full_at = self.clock.monotonic()
+        return await self.fs.run(scan, self.root, known, self.conflict_name, self.clock.time())
 
     def _touched(self, actions: list[p.Action]) -> None:
         """Paths these actions change on disk are looked at by the next scan even
@@ -395,9 +405,9 @@ class Engine:
             for action in batch:
                 disk = self.disk(action.path)
                 try:
-                    before = os.stat(disk)
-                    data = disk.read_bytes()
-                    after = os.stat(disk)
+                    before = self.fs.stat(disk)
+                    data = self.fs.read_bytes(disk)
+                    after = self.fs.stat(disk)
                 except OSError as e:
                     log.info("%s: %s; will retry", action.path, e.strerror)
                     continue
@@ -412,7 +422,7 @@ class Engine:
                 out.append((action, after, [(b.hash, bytes(b.data)) for b in chunk_bytes(data)]))
             return out
 
-        items = await asyncio.to_thread(read_all)
+        items = await self.fs.run(read_all)
         if not items:
             return
         data_of = {h: d for _, _, blocks in items for h, d in blocks}
@@ -479,7 +489,7 @@ class Engine:
 
         await self.remote.run(fetch_all)
         staging = self.root / STAGING
-        staged = await asyncio.to_thread(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
+        staged = await self.fs.run(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
                                                                  for _, e in todo])  # fmt: skip
         got.clear()
         placed: list[tuple[str, m.Entry, Path]] = []
@@ -490,19 +500,19 @@ class Engine:
                     log.info("%s changed locally during download; re-planning", path)
                     continue
                 dest = self.disk(path)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
+                self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
+                self.fs.replace(tmp, dest)
                 placed.append((path, entry, dest))
         finally:
             for tmp in staged:
                 with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                    self.fs.unlink(tmp)
         if not placed:
             return
-        await asyncio.to_thread(_flush_names, self.root, {dest.parent for _, _, dest in placed})
+        await self.fs.run(_flush_names, self.root, {dest.parent for _, _, dest in placed})
         records = []
         for path, entry, dest in placed:
-            now = os.stat(dest)
+            now = self.fs.stat(dest)
             assert entry.content_hash is not None
             records.append((path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                   entry.executable)))  # fmt: skip
@@ -574,7 +584,7 @@ class Engine:
             case p.Download(path=path):
                 await self._download(path)
             case p.MkdirLocal(path=path):
-                self.disk(path).mkdir(parents=True, exist_ok=True)
+                self.fs.mkdir(self.disk(path), parents=True, exist_ok=True)
                 self._record_remote(path)
             case p.DeleteLocal(path=path):
                 self._delete_local(path)
@@ -596,7 +606,7 @@ class Engine:
     def _unchanged(self, path: str) -> bool:
         """Is the file at ``path`` still exactly what the scan saw (or still absent)?"""
         try:
-            now = os.lstat(self.disk(path))
+            now = self.fs.lstat(self.disk(path))
         except FileNotFoundError:
             return path not in self._scan.observed and path not in self._scan.tree
         return self._as_scanned(path, now)
@@ -635,7 +645,7 @@ class Engine:
             self.state.record(path, entry, seen)  # same bytes already here (e.g. after a move): no transfer
             return
         dest = self.disk(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         tmp = await fetch(self.remote, entry, self.root / STAGING, lambda n: None, local=local)
         try:
@@ -643,11 +653,11 @@ class Engine:
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
                 log.info("%s changed locally during download; re-planning", path)
                 return
-            await asyncio.to_thread(place, tmp, dest)
+            await self.fs.run(place, tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        now = os.stat(dest)
+                self.fs.unlink(tmp)
+        now = self.fs.stat(dest)
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
@@ -677,17 +687,17 @@ class Engine:
 
     def _delete_local(self, path: str) -> None:
         target = self.disk(path)
-        if target.is_dir() and not target.is_symlink():
-            for child in target.iterdir():  # editor and OS junk does not keep a deleted folder alive
-                if child.is_file() and child.name in (".DS_Store", "Thumbs.db"):
-                    child.unlink()
+        if fs.is_dir(target):
+            for name in self.fs.listdir(target):  # editor and OS junk does not keep a deleted folder alive
+                if name in (".DS_Store", "Thumbs.db") and fs.is_file(target / name):
+                    self.fs.unlink(target / name)
             try:
-                target.rmdir()
+                self.fs.rmdir(target)
             except OSError:
                 return  # something new inside: the next cycle uploads it
         elif self._unchanged(path):
             with contextlib.suppress(FileNotFoundError):
-                target.unlink()
+                self.fs.unlink(target)
         else:
             return  # edited since the scan: keep it; the next cycle uploads it
         # not the remote entry: the server may hold something new here (a file replaced by a folder)
@@ -696,23 +706,23 @@ class Engine:
     def _move_local(self, src: str, dst: str) -> None:
         source, target = self.disk(src), self.disk(dst)
         case_only = names.fold(src) == names.fold(dst) and names.same_file(source, target)
-        if (target.exists() and not case_only) or not source.exists():
+        if (self.fs.exists(target) and not case_only) or not self.fs.exists(source):
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(source, target)
+        self.fs.mkdir(target.parent, parents=True, exist_ok=True)
+        self.fs.rename(source, target)
         # the merge base moves with it; not the server's entry at dst, which may be newer
         # (moved and edited there): the Download or Record planned for dst settles that
         self.state.moved(src, dst)
 
     def _conflict_copy(self, path: str, new_path: str) -> None:
         source, target = self.disk(path), self.disk(new_path)
-        if target.exists():
+        if self.fs.exists(target):
             stem, dot, ext = new_path.rpartition(".")
             new_path = (
                 f"{stem} {random.randrange(10**6)}.{ext}" if dot else f"{new_path} {random.randrange(10**6)}"
             )
             target = self.disk(new_path)
-        os.rename(source, target)
+        self.fs.rename(source, target)
         self.state.unobserve(path)
         # the path is free now: the download that follows may land there this round
         self._scan.tree.pop(path, None)
@@ -730,13 +740,17 @@ class Engine:
                 *(k for k in self._scan.tree if CONFLICT_MARK in k and CONFLICT_MARK in k.rsplit("/", 1)[-1]),
             }
         )
-        self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        self.status["updated"] = self.clock.now().astimezone().isoformat(timespec="seconds")
         write_status(self.home, str(self.root), self.status)
 
     # --- loops ---------------------------------------------------------------------------
 
     async def run_once(self) -> bool:
         """Cycle until nothing is left to do (waiting out files still being written)."""
+        with fs.use(self.fs):
+            return await self._run_once()
+
+    async def _run_once(self) -> bool:
         self.check_root()
         try:
             for _ in range(MAX_ROUNDS):
@@ -756,6 +770,10 @@ class Engine:
 
     async def run_forever(self) -> None:
         """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
+        with fs.use(self.fs):
+            await self._run_forever()
+
+    async def _run_forever(self) -> None:
         self.check_root()
         watcher = asyncio.create_task(self._watch())
         await asyncio.sleep(0)  # the watcher is set up before the first scan starts
@@ -806,12 +824,12 @@ def _move_to(src: str, dst: str, parent: int, request_id: int, key: str) -> m.Mo
     return m.Move(request_id, key, src, dst, parent)
 
 
-def _settling_for(paths: set[str]) -> float:
+def _settling_for(paths: set[str], now: float) -> float:
     """How long until the last of these files has settled (at most ``SETTLE_S``)."""
-    left, now = 0.0, time.time()
+    left = 0.0
     for path in paths:
         with contextlib.suppress(OSError):
-            info = os.lstat(path)
+            info = fs.disk().lstat(path)
             if st.S_ISREG(info.st_mode):
                 left = max(left, settle_left(path, info.st_mtime_ns, now))
     return min(left, SETTLE_S)
@@ -861,35 +879,36 @@ async def sync_forever(root: Path, home: Path, creds: Credentials, confirm_delet
 def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:
     """Write each file's bytes to a new temp file in ``staging`` (mode and mtime
     set), durable when this returns."""
-    staging.mkdir(exist_ok=True)
+    disk = fs.disk()
+    disk.mkdir(staging, exist_ok=True)
     out: list[Path] = []
     try:
         for entry, data in files:
             tmp = staging / f"{STAGING_PREFIX}{uuid.uuid4().hex[:16]}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             out.append(tmp)
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
+                    view = view[disk.write(fd, view) :]
+                disk.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
                 if not durable.GROUPED:
-                    os.fsync(fd)
+                    disk.fsync(fd)
             finally:
-                os.close(fd)
+                disk.close(fd)
             if entry.mtime_ns:
-                os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-        durable.flush(staging)
+                disk.utime(tmp, (entry.mtime_ns, entry.mtime_ns))
+        disk.flush(staging)
     except BaseException:
         for tmp in out:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                disk.unlink(tmp)
         raise
     return out
 
 
 def _flush_names(root: Path, folders: set[Path]) -> None:
     """Make renames into these folders durable."""
-    if not durable.flush(root):
+    if not fs.disk().flush(root):
         for folder in folders:
-            durable.fsync_dir(folder)
+            fs.disk().fsync_dir(folder)

@@ -122,7 +122,15 @@ class Engine:
             )
         self.fs.mkdir(self.root, parents=True, exist_ok=True)
         if not self.fs.exists(marker):
-            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
+            # durable before the state says this folder is synced: a marker lost to a power cut
+            # after that would stop every later sync ("not the folder synced before")
+            fd = self.fs.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self.fs.write(fd, b"This folder is synced by Ferry. Do not delete this file.\n")
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.fsync_dir(self.root)
         self.fs.mkdir(self.root / STAGING, exist_ok=True)
         self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
         for leftover in self.fs.listdir(self.root / STAGING):  # temp files of an interrupted download

@@ -122,21 +122,22 @@ class Engine:
             )
         self.fs.mkdir(self.root, parents=True, exist_ok=True)
         if not self.fs.exists(marker):
-            # durable before the state says this folder is synced: a marker lost to a power cut
-            # after that would stop every later sync ("not the folder synced before")
-            fd = self.fs.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                self.fs.write(fd, b"This folder is synced by Ferry. Do not delete this file.\n")
-                self.fs.fsync(fd)
-            finally:
-                self.fs.close(fd)
-            self.fs.fsync_dir(self.root)
+            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
         self.fs.mkdir(self.root / STAGING, exist_ok=True)
         self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
         for leftover in self.fs.listdir(self.root / STAGING):  # temp files of an interrupted download
             with contextlib.suppress(OSError):
                 self.fs.unlink(self.root / STAGING / leftover)
-        self.state.put("initialised", "yes")
+        if self.state.get("initialised") != "yes":
+            # the marker durable before the state says this folder is synced: a marker lost to
+            # a power cut after that would stop every later sync ("not the folder synced before")
+            fd = self.fs.open(marker, os.O_RDONLY)
+            try:
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.fsync_dir(self.root)
+            self.state.put("initialised", "yes")
 
     def conflict_name(self, path: str) -> str:
         return p.conflict_name(path, self.device, self.clock.now())
@@ -577,7 +578,8 @@ class Engine:
                 self.state.record(path, done.entry, None)
             case p.DeleteRemote(path=path, parent=parent):
                 try:
-                    await self._change(lambda i, k: m.Delete(i, k, path, parent))
+                    newest = self._newest_within(path)
+                    await self._change(lambda i, k: m.Delete(i, k, path, parent, newest=newest))
                 except ProtocolError as e:
                     if e.code != ErrorCode.NOT_FOUND:
                         raise
@@ -606,6 +608,18 @@ class Engine:
                     self.state.forget(path, remote=False)
                 else:
                     self._record_remote(path)
+
+    def _newest_within(self, path: str) -> int | None:
+        """The newest version at or below ``path`` in the remote tree this plan was made
+        from: a folder's delete must not take with it a file put in it since (its
+        version is newer), which this device never saw and so never meant to delete."""
+        entry = self.state.remote_entry(path)
+        if entry is None or entry.kind != "dir":
+            return None  # a file: its parent version says it all
+        below = path + "/"
+        versions = [n.version for k, n in self.state.remote_tree().items()
+                    if (k == path or k.startswith(below)) and n.version is not None]  # fmt: skip
+        return max(versions, default=None)
 
     async def _change(self, make: Callable[[int, str], m.Message]) -> m.Committed:
         key = f"sync-{uuid.uuid4()}"  # one key for every retry of this change: applied once

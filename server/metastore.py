@@ -476,7 +476,7 @@ class MetaStore:
         return await self._change(who, key, ns, change)
 
     async def delete(
-        self, who: Principal, key: str, ns: int | None, path: str, parent: int | None
+        self, who: Principal, key: str, ns: int | None, path: str, parent: int | None, newest: int | None = None
     ) -> tuple[int, Entry]:
         if path == "/":
             raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be deleted")
@@ -487,8 +487,11 @@ class MetaStore:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
             if parent is not None and head.version != parent:
                 raise _conflict(path, head, "changed on the server since your version")
+            children = await tx.subtree(path)
+            if newest is not None and any(c.version > newest for c in children):
+                raise _conflict(path, head, "something in it changed on the server since you looked")
             # descendants first, deepest first, then the entry itself
-            for child in reversed(await tx.subtree(path)):
+            for child in reversed(children):
                 await tx.write_from(child, path=child.path, deleted=True)
             return await tx.write_from(head, path=path, deleted=True)
 

@@ -346,12 +346,12 @@ class MemDisk:
     # --- for the oracle ---------------------------------------------------------------
 
     def files(self, top: str) -> dict[str, tuple[str, bytes | None, bool, int]]:
-        """Every file and folder below ``top``: NFC path relative to it -> (kind, bytes, executable, mode)."""
+        """Every file and folder below ``top``: path relative to it, as listed -> (kind, bytes, executable, mode)."""
         out: dict[str, tuple[str, bytes | None, bool, int]] = {}
 
         def walk(d: _Dir, prefix: str) -> None:
             for name, node in d.entries.values():
-                path = prefix + "/" + unicodedata.normalize("NFC", name)
+                path = prefix + "/" + name
                 if isinstance(node, _Dir):
                     out[path] = ("dir", None, False, node.mode)
                     walk(node, path)

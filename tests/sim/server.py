@@ -99,8 +99,8 @@ class SimServer:
                     key, lambda: self._move(validate_path(src), validate_path(dst), parent, device)
                 )
                 return m.Committed(i, seq, entry)  # type: ignore[arg-type]
-            case m.Delete(id=i, key=key, path=p, parent=parent):
-                seq, entry = self._once(key, lambda: self._delete(validate_path(p), parent, device))
+            case m.Delete(id=i, key=key, path=p, parent=parent, newest=newest):
+                seq, entry = self._once(key, lambda: self._delete(validate_path(p), parent, newest, device))
                 return m.Committed(i, seq, entry)  # type: ignore[arg-type]
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"the simulated server does not serve {msg.TYPE}")
 
@@ -210,7 +210,7 @@ class SimServer:
     def _subtree(self, folder: str) -> list[m.Entry]:
         return [self.heads[p] for p in sorted(self.heads) if p != folder and is_within(p, folder)]
 
-    def _delete(self, path: str, parent: int | None, device: str) -> m.Entry:
+    def _delete(self, path: str, parent: int | None, newest: int | None, device: str) -> m.Entry:
         if path == "/":
             raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be deleted")
         head = self.heads.get(path)
@@ -218,7 +218,10 @@ class SimServer:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
         if parent is not None and head.version != parent:
             raise _conflict(path, head, "changed on the server since your version")
-        for child in reversed(self._subtree(path)):
+        children = self._subtree(path)
+        if newest is not None and any(c.version > newest for c in children):
+            raise _conflict(path, head, "something in it changed on the server since you looked")
+        for child in reversed(children):
             self._write(child, device, deleted=True)
         return self._write(head, device, deleted=True)
 

@@ -25,10 +25,12 @@ import logging
 import random
 import shutil
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from client.engine import Engine
 from client.home import Credentials
@@ -201,7 +203,10 @@ class World:
 
     def user_op(self, c: Client, op: Op) -> None:
         disk = c.disk
-        target = ROOT + self._existing(c, op)
+        path = self._existing(c, op)
+        if path != op.path:
+            self.log.append(f"    (on {path!a}: nothing at {op.path!a})")
+        target = ROOT + path
         try:
             match op.kind:
                 case "write":
@@ -272,7 +277,18 @@ class World:
     def _engine(self, c: Client) -> Engine:
         assert self.clock is not None
         remote = Remote(c.creds, RETRY_FOR, dial=self.net.dialer(c.device), clock=self.clock)
-        return Engine(Path(ROOT), c.home, c.creds, retry_for=RETRY_FOR, disk=c.disk, clock=self.clock, remote=remote)
+        engine = Engine(Path(ROOT), c.home, c.creds, retry_for=RETRY_FOR, disk=c.disk, clock=self.clock,
+                        remote=remote)  # fmt: skip
+        cycle = engine.cycle
+
+        async def logged() -> list[Any]:  # each cycle's plan goes into the operation log
+            actions = await cycle()
+            if actions:
+                self.log.append(f"      c{c.n} cycle: " + ", ".join(map(str, actions)))
+            return actions
+
+        engine.cycle = logged  # type: ignore[method-assign]
+        return engine
 
     def start_sync(self, c: Client) -> None:
         if c.task is not None and not c.task.done():
@@ -385,7 +401,7 @@ class World:
         # I1: every replica is the server's tree
         server_tree = {p: (e.kind, e.content_hash, e.executable) for p, e in heads.items()}
         for c in self.clients:
-            files = {p: (k, digest(d) if d is not None else None, x)
+            files = {_as_listed(c.disk, p): (k, digest(d) if d is not None else None, x)
                      for p, (k, d, x, _m) in self._files(c).items() if not p.startswith("/.ferry-")}  # fmt: skip
             if files != server_tree:
                 diff = sorted(set(files.items()) ^ set(server_tree.items()))[:6]
@@ -423,6 +439,12 @@ class World:
                 if data is None or block_hash(data) != b.hash:
                     v.append(f"I6 {e.path} v{e.version}: block {b.hash.hex()[:12]} missing or corrupt")
                     break
+
+
+def _as_listed(disk: MemDisk, path: str) -> str:
+    """A path as the client reads it: on a disk that finds names in any normal
+    form the scanner takes a decomposed name as NFC; elsewhere it is what it is."""
+    return unicodedata.normalize("NFC", path) if disk.mode != "posix" else path
 
 
 def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False) -> Result:

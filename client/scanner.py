@@ -22,13 +22,13 @@ from pathlib import Path
 import pathspec
 
 from client import fs
-from client.planner import Node
+from client.planner import Node, with_suffix
 from client.state import Observed
 from client.transfer import KnownBlocks
 from protocol.chunking import chunk_stream
 from protocol.errors import ProtocolError
 from protocol.hashing import content_hash
-from protocol.paths import validate_path
+from protocol.paths import name_of, validate_path
 
 SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
@@ -105,14 +105,16 @@ def _walk(
             pass  # a normalising filesystem (macOS) lists the NFC name decomposed: one file, no twin
         elif nfc != name or nfc in seen:
             # another form of a name already here (NFC vs NFD): keep both, rename this one
-            target = nfc if nfc not in seen and not disk.exists(folder / nfc) else conflict_name(prefix + nfc)
-            target = target.rsplit("/", 1)[-1]
+            if nfc not in seen and not disk.exists(folder / nfc):
+                target = nfc
+            else:
+                target = _free_name(folder, _join(prefix, nfc), conflict_name)
             disk.rename(folder / name, folder / target)
-            out.renamed.append((prefix + name, prefix + target))
+            out.renamed.append((_join(prefix, name), _join(prefix, target)))
             name = target
             nfc = unicodedata.normalize("NFC", target)
         seen.add(nfc)
-        path = (prefix if prefix == "/" else prefix + "/") + nfc
+        path = _join(prefix, nfc)
         try:
             validate_path(path)
         except ProtocolError as e:
@@ -138,6 +140,20 @@ def _walk(
             _file(folder / name, path, info, known.get(path) or _renamed(known, info), now, out)
         else:
             out.skipped[path] = "not a regular file (device, socket or pipe)"
+
+
+def _join(folder: str, name: str) -> str:
+    return (folder if folder == "/" else folder + "/") + name
+
+
+def _free_name(folder: Path, path: str, conflict_name: Callable[[str], str]) -> str:
+    """A conflicted name for ``path`` that nothing in ``folder`` has yet (renaming
+    onto a name taken would replace that file: a twin renamed twice in one second)."""
+    name, n = name_of(conflict_name(path)), 1
+    while fs.disk().exists(folder / name):
+        n += 1
+        name = name_of(with_suffix(conflict_name(path), f" {n}"))
+    return name
 
 
 class _ByInode(dict[str, Observed]):

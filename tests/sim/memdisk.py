@@ -345,6 +345,13 @@ class MemDisk:
 
     # --- for the oracle ---------------------------------------------------------------
 
+    def peek(self, path: object) -> bytes:
+        """A file's bytes, whatever its permissions."""
+        node = self._node(path)
+        if not isinstance(node, _File):
+            raise _err(errno.EISDIR, path)
+        return node.data
+
     def files(self, top: str) -> dict[str, tuple[str, bytes | None, bool, int]]:
         """Every file and folder below ``top``: path relative to it, as listed -> (kind, bytes, executable, mode)."""
         out: dict[str, tuple[str, bytes | None, bool, int]] = {}

@@ -144,6 +144,7 @@ class World:
         self.clients: list[Client] = []
         self.written: set[bytes] = set()
         self.destroyed: dict[int, dict[bytes, int]] = {}  # client -> content -> op index it was destroyed at
+        self.locked: dict[int, dict[bytes, int]] = {}  # client -> content -> op index it was made unreadable at
         self.must_keep: set[bytes] = set()
         self.violations: list[str] = []
         self.log: list[str] = []
@@ -165,6 +166,7 @@ class World:
             home = self.tmp / f"home{n}"
             self.clients.append(Client(n, disk, home, creds))
             self.destroyed[n] = {}
+            self.locked[n] = {}
         self.server.now_ns = clock.time_ns
 
     # --- users ------------------------------------------------------------------------------
@@ -179,14 +181,14 @@ class World:
 
     def _destroy(self, c: Client, data: bytes | None) -> None:
         if data is not None:
-            self.destroyed[c.n].setdefault(data, self.step)
+            self.destroyed[c.n][data] = self.step  # the latest time: a crash may bring it back
 
     def _contents_under(self, c: Client, disk_path: str) -> list[bytes]:
         try:
             if c.disk.lstat(disk_path).st_mode & 0o040000:
                 below = c.disk.files(disk_path).values()
                 return [d for kind, d, _x, _m in below if kind == "file" and d is not None]
-            return [c.disk.read_bytes(disk_path)]
+            return [c.disk.peek(disk_path)]
         except OSError:
             return []
 
@@ -255,6 +257,7 @@ class World:
                 case "lock":
                     if disk.lstat(target).st_mode & 0o040000:
                         return
+                    self.locked[c.n][disk.peek(target)] = self.step
                     disk.chmod(target, 0)
                 case "unlock":
                     if disk.lstat(target).st_mode & 0o777 == 0:
@@ -311,7 +314,9 @@ class World:
                 engine.state.close()
             if done:
                 self.finished_syncs += 1
+                # what the user destroyed, or made unreadable, on this device while the sync ran
                 gone = {d for d, at in self.destroyed[c.n].items() if at >= start}
+                gone |= {d for d, at in self.locked[c.n].items() if at >= start}
                 self.must_keep |= {d for d in seen if d is not None} - gone
             self.log.append(f"    c{c.n} sync finished: {'fixed point' if done else 'still changing'}")
             return done
@@ -473,8 +478,9 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False) -> Res
         sync_log.setLevel(level)
         _close(loop)
         shutil.rmtree(tmp, ignore_errors=True)
-    figures = {"ops": len(ops), "syncs": sum(c.syncs for c in world.clients), "crashes": world.crashes,
-               "frames": world.net.frames, "virtual_s": int(loop.now)}  # fmt: skip
+    figures = {"ops": len(ops), "syncs": sum(c.syncs for c in world.clients), "finished_syncs": world.finished_syncs,
+               "crashes": world.crashes, "frames": world.net.frames, "writes": world.writes,
+               "must_keep": len(world.must_keep), "virtual_s": int(loop.now)}  # fmt: skip
     header = [f"seed {seed}: {setup.clients} clients, disks {setup.modes}, {setup.faults}"]
     return Result(world.violations, world.snapshot(), header + world.log, figures)
 

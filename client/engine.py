@@ -51,7 +51,7 @@ from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import block_hash, content_hash
-from protocol.paths import ancestors
+from protocol.paths import ancestors, is_within
 
 log = logging.getLogger("ferry.sync")
 MARKER = ".ferry-root"
@@ -107,6 +107,7 @@ class Engine:
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
         self._full_at = 0.0  # clock.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
+        self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ class Engine:
             self._scan.skipped[path] = (
                 f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
             )
+        self._not_moved.clear()
         local = dict(self._scan.tree)
         for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
             for tree in (local, remote, synced):
@@ -599,10 +601,13 @@ class Engine:
             case p.DeleteLocal(path=path):
                 self._delete_local(path)
             case p.MoveLocal(src=src, dst=dst):
-                self._move_local(src, dst)
+                if not self._move_local(src, dst):
+                    self._not_moved.add(dst)
             case p.ConflictCopy(path=path, new_path=new_path):
                 self._conflict_copy(path, new_path)
             case p.Record(path=path):
+                if any(is_within(path, dst) for dst in self._not_moved):
+                    return  # the plan counted on a local move that could not be made: re-planned next cycle
                 if self.state.remote_entry(path) is None:
                     # gone on both sides (deleted here, moved or deleted there): not in the merge base any more
                     self.state.forget(path, remote=False)
@@ -725,16 +730,20 @@ class Engine:
         # not the remote entry: the server may hold something new here (a file replaced by a folder)
         self.state.forget(path, remote=False)
 
-    def _move_local(self, src: str, dst: str) -> None:
+    def _move_local(self, src: str, dst: str) -> bool:
+        """Rename ``src`` to ``dst`` on disk, unless ``dst`` is taken (on a case-insensitive
+        disk, by a name that differs only in case and is moved aside later in the plan)
+        or ``src`` is gone. Whether it was renamed."""
         source, target = self.disk(src), self.disk(dst)
         case_only = names.fold(src) == names.fold(dst) and names.same_file(source, target)
         if (self.fs.exists(target) and not case_only) or not self.fs.exists(source):
-            return
+            return False
         self.fs.mkdir(target.parent, parents=True, exist_ok=True)
         self.fs.rename(source, target)
         # the merge base moves with it; not the server's entry at dst, which may be newer
         # (moved and edited there): the Download or Record planned for dst settles that
         self.state.moved(src, dst)
+        return True
 
     def _conflict_copy(self, path: str, new_path: str) -> None:
         source, target = self.disk(path), self.disk(new_path)

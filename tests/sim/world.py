@@ -299,6 +299,8 @@ class World:
         start = self.step
         seen = {d for p, (kind, d, _x, mode) in self._files(c).items()
                 if kind == "file" and mode & 0o400 and not p.startswith("/.ferry-")}  # fmt: skip
+        for torn in seen - self.written:  # I3 on the device, as each sync starts
+            self.violations.append(f"I3 c{c.n} holds content no device wrote: {torn[:40]!r}")
 
         async def sync() -> bool:
             engine = c.engine = self._engine(c)

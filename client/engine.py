@@ -223,6 +223,24 @@ class Engine:
         self.status["not_uploaded"] = held
         return kept
 
+    def _plan(self, local: dict[str, p.Node], remote: p.Tree, synced: p.Tree) -> list[p.Action]:
+        """The plan, less local renames the server would refuse (of a shared folder's
+        mount point, or inside a folder shared read-only): the planner counts on every
+        move it plans being made, so what it plans after a refused one is wrong (downloads
+        into the renamed copy, which the next round renames again, and so on). The
+        renamed copy sits out this round instead; the original comes back, and the next
+        round takes the copy as new."""
+        while True:
+            actions = p.plan(local, remote, synced, self.conflict_name)
+            refused = [
+                a.dst for a in actions if isinstance(a, p.MoveRemote) and mounts.held_back(a, self.spaces)
+            ]
+            if not refused:
+                return actions
+            for dst in refused:
+                for path in [k for k in local if is_within(k, dst)]:
+                    del local[path]
+
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
         if e.code == ErrorCode.QUOTA_EXCEEDED:
             for path in paths:
@@ -249,7 +267,7 @@ class Engine:
             for tree in (local, remote, synced):
                 for key in [k for k in tree if k == skipped or k.startswith(skipped.rstrip("/") + "/")]:
                     del tree[key]
-        actions = p.plan(local, remote, synced, self.conflict_name)
+        actions = self._plan(local, remote, synced)
         actions = self._hold_back(self._guard_mass_delete(actions, synced))
         self._touched(actions)
         self.status.update(state="syncing" if actions else "up to date", pending=len(actions))

@@ -54,10 +54,15 @@ class Network:
         self.links: list[Link] = []
         self.frames = 0
         server.on_change = self._changed
+        server.on_namespaces = self._namespaces
 
-    def _changed(self, seq: int) -> None:
+    def _changed(self, ns: int, seq: int) -> None:
         for link in list(self.links):
-            link.push(m.Changed(1, seq))
+            link.push(m.Changed(ns, seq))
+
+    def _namespaces(self) -> None:
+        for link in list(self.links):
+            link.push(m.NamespacesChanged(self.server.namespaces()))
 
     def dialer(self, device: str) -> Callable[[], Any]:
         async def dial() -> Link:
@@ -161,7 +166,9 @@ class Link:
             return  # the second reply to a duplicated request
         msg = framing.decode(text)
         if data is not None and not isinstance(msg, m.Error):
-            fut.set_result(framing.decode_block(framing.encode_block(framing.KIND_DATA, req_id, msg.hash, data)))  # type: ignore[attr-defined]
+            fut.set_result(
+                framing.decode_block(framing.encode_block(framing.KIND_DATA, req_id, msg.hash, data))
+            )  # type: ignore[attr-defined]
         else:
             fut.set_result(msg)
 

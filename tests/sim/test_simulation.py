@@ -19,40 +19,50 @@ from pathlib import Path
 import pytest
 
 from client.engine import Engine
+from client.planner import plan
 from tests.sim import world
 
 SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "1000"))
 CHUNKS = 12
 REPLAY = [int(s) for s in os.environ.get("FERRY_SIM_SEED", "").split(",") if s.strip()]
 
-# seeds that found a defect, with the defect; each passes since its fix
+# seeds that found a defect, with the scenario they ran (tests/sim/world.py: SCENARIO) and the defect;
+# each passes since its fix
 REGRESSIONS = {
-    2: "the .ferry-root marker was not durable: a crash lost it while the state said 'synced', "
+    (2, 1): "the .ferry-root marker was not durable: a crash lost it while the state said 'synced', "
     "and every later sync refused to run",
-    116: "a first sync on a full disk left an empty marker never made durable (same failure after a crash)",
-    296: "a folder deleted on one device took with it a file another device had just put in it",
-    596: "a second NFD twin renamed in the same second replaced the first one's conflicted copy",
-    945: "on a case-insensitive disk a server move onto a name differing only in case from another "
+    (
+        116,
+        1,
+    ): "a first sync on a full disk left an empty marker never made durable (same failure after a crash)",
+    (296, 1): "a folder deleted on one device took with it a file another device had just put in it",
+    (596, 1): "a second NFD twin renamed in the same second replaced the first one's conflicted copy",
+    (945, 1): "on a case-insensitive disk a server move onto a name differing only in case from another "
     "file was skipped, yet recorded as done; the next cycle deleted the moved file on the server",
+    (29, 2): "a shared folder's mount point renamed locally: the refused move left the rest of the plan "
+    "downloading into the renamed copy, one level deeper every cycle, without end",
 }
 
 
-def _report(seed: int) -> str:
+def _report(seed: int, scenario: int = world.SCENARIO) -> str:
     """Shrink the failing seed and describe its smallest failing run."""
-    smallest = world.shrink(seed, lambda ops: bool(world.run(seed, ops).violations))
-    result = world.run(seed, smallest, log_engine=True)
-    lines = [f"seed {seed} fails (replay: FERRY_SIM_SEED={seed} pytest tests/sim -k replay)", "violations:"]
+    smallest = world.shrink(
+        seed, lambda ops: bool(world.run(seed, ops, scenario=scenario).violations), scenario
+    )
+    result = world.run(seed, smallest, log_engine=True, scenario=scenario)
+    lines = [f"seed {seed} (scenario {scenario}) fails (replay: FERRY_SIM_SEED={seed} pytest -s tests/sim -k replay)",
+             "violations:"]  # fmt: skip
     lines += [f"  {v}" for v in result.violations[:10]]
     lines += [f"minimal operation log ({len(smallest)} operations):", *result.log]
     return "\n".join(lines)
 
 
-def _check(seeds: range | list[int]) -> dict[str, int]:
+def _check(seeds: range | list[int], scenario: int = world.SCENARIO) -> dict[str, int]:
     totals: dict[str, int] = {}
     for seed in seeds:
-        result = world.run(seed)
+        result = world.run(seed, scenario=scenario)
         if result.violations:
-            pytest.fail(_report(seed), pytrace=False)
+            pytest.fail(_report(seed, scenario), pytrace=False)
         for k, v in result.figures.items():
             totals[k] = totals.get(k, 0) + v
     return totals
@@ -67,15 +77,23 @@ def test_seeds(chunk: int) -> None:
     assert totals["frames"] > 0 and (totals["crashes"] > 0 or len(seeds) < 20), totals
 
 
-@pytest.mark.parametrize("seed", sorted(REGRESSIONS))
-def test_regression_seed(seed: int) -> None:
-    _check([seed])
+@pytest.mark.parametrize(("seed", "scenario"), sorted(REGRESSIONS))
+def test_regression_seed(seed: int, scenario: int) -> None:
+    _check([seed], scenario)
 
 
-def test_regression_seed_296_fails_without_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The oracle has teeth: with the folder-delete fix undone, its seed fails."""
-    monkeypatch.setattr(Engine, "_newest_within", lambda self, path: None)
-    assert any("I5" in v for v in world.run(296).violations)
+def test_regression_seeds_fail_without_their_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle has teeth: with a fix undone, its seed fails again."""
+    with monkeypatch.context() as undo:
+        undo.setattr(Engine, "_newest_within", lambda self, path: None)
+        assert any("I5" in v for v in world.run(296, scenario=1).violations)
+    with monkeypatch.context() as undo:
+        undo.setattr(
+            Engine,
+            "_plan",
+            lambda self, local, remote, synced: plan(local, remote, synced, self.conflict_name),
+        )
+        assert any("I7" in v for v in world.run(29, scenario=2).violations)
 
 
 @pytest.mark.skipif(not REPLAY, reason="set FERRY_SIM_SEED=a,b to replay seeds")

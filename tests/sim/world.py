@@ -36,18 +36,24 @@ from client.engine import Engine
 from client.home import Credentials
 from client.transfer import Remote
 from client.transport import ConnectionLost
+from protocol import messages as m
 from protocol.chunking import chunk_stream
+from protocol.errors import ProtocolError
 from protocol.hashing import block_hash, content_hash
 from tests.sim.loop import SimClock, SimLoop
 from tests.sim.memdisk import MemDisk
 from tests.sim.network import Faults, Network
-from tests.sim.server import SimServer
+from tests.sim.server import OWNER, SHARED_NS, SimServer
 
 ROOT = "/home/user/Ferry"
 FOLDERS = ["", "/A", "/B", "/A/C"]
 NAMES = ["x.txt", "X.txt", "y", "caf\u00e9.md", "cafe\u0301.md", "A", "C"]  # case and NFC/NFD twins
 USER_OPS = ["write", "write", "save", "append", "delete", "rename", "rename", "mkdir", "chmodx"]
 FAULT_OPS = ["lock", "unlock", "full", "unfull", "offline", "online", "crash"]
+# scenario 2 adds a folder another user shares (mounted at /Team), share changes, and that owner's edits
+SHARE_OPS = ["share", "share", "unshare", "role", "owner_write", "owner_write", "owner_delete"]
+SHARED_FOLDERS = ["", "/A"]
+SCENARIO = 2  # what CI runs; a regression seed replays the scenario that found it
 FINAL_ROUNDS = 8
 RETRY_FOR = 3.0  # s a sync keeps reconnecting before it gives up
 
@@ -66,11 +72,12 @@ class Op:
         return f"+{self.wait:.2f}s c{self.client} {self.kind}{extra}"
 
 
-def _path(rng: random.Random) -> str:
-    return rng.choice(FOLDERS) + "/" + rng.choice(NAMES)
+def _path(rng: random.Random, folders: list[str]) -> str:
+    return rng.choice(folders) + "/" + rng.choice(NAMES)
 
 
-def make_ops(rng: random.Random, clients: int, count: int) -> list[Op]:
+def make_ops(rng: random.Random, clients: int, count: int, scenario: int) -> list[Op]:
+    folders = [*FOLDERS, "/Team", "/Team/A"] if scenario >= 2 else FOLDERS
     ops = []
     for _ in range(count):
         c = rng.randrange(clients)
@@ -80,10 +87,15 @@ def make_ops(rng: random.Random, clients: int, count: int) -> list[Op]:
             ops.append(Op(wait, "sync", c))
         elif roll < 0.9:
             kind = rng.choice(USER_OPS)
-            ops.append(Op(wait, kind, c, _path(rng), _path(rng) if kind == "rename" else ""))
+            ops.append(
+                Op(wait, kind, c, _path(rng, folders), _path(rng, folders) if kind == "rename" else "")
+            )
+        elif scenario >= 2 and roll < 0.95:
+            kind = rng.choice(SHARE_OPS)
+            ops.append(Op(wait, kind, c, _path(rng, SHARED_FOLDERS) if kind.startswith("owner") else ""))
         else:
             kind = rng.choice(FAULT_OPS)
-            ops.append(Op(wait, kind, c, _path(rng) if kind in ("lock", "unlock") else ""))
+            ops.append(Op(wait, kind, c, _path(rng, folders) if kind in ("lock", "unlock") else ""))
     return ops
 
 
@@ -144,8 +156,11 @@ class World:
         self.clients: list[Client] = []
         self.written: set[bytes] = set()
         self.destroyed: dict[int, dict[bytes, int]] = {}  # client -> content -> op index it was destroyed at
-        self.locked: dict[int, dict[bytes, int]] = {}  # client -> content -> op index it was made unreadable at
+        self.locked: dict[
+            int, dict[bytes, int]
+        ] = {}  # client -> content -> op index it was made unreadable at
         self.must_keep: set[bytes] = set()
+        self.owner_destroyed: set[bytes] = set()  # contents the sharing owner deleted or overwrote
         self.violations: list[str] = []
         self.log: list[str] = []
         self.step = 0
@@ -171,10 +186,11 @@ class World:
 
     # --- users ------------------------------------------------------------------------------
 
-    def _content(self, c: Client, tag: str) -> bytes:
+    def _content(self, c: Client | None, tag: str) -> bytes:
         self.writes += 1
         size = self.rng.choice([1, 8, 100, 3000])
-        unit = f"s{self.seed} c{c.n} op{self.step} w{self.writes} {tag}\n".encode()
+        who = f"c{c.n}" if c is not None else "owner"
+        unit = f"s{self.seed} {who} op{self.step} w{self.writes} {tag}\n".encode()
         data = (unit * (size // len(unit) + 1))[: max(size, len(unit))]
         self.written.add(data)
         return data
@@ -307,7 +323,9 @@ class World:
             try:
                 done = await engine.run_once()
             except Exception as e:  # offline for longer than RETRY_FOR, a full disk, or a bug
-                expected = isinstance(e, ConnectionLost) or (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+                expected = isinstance(e, ConnectionLost) or (
+                    isinstance(e, OSError) and e.errno == errno.ENOSPC
+                )
                 if not expected:
                     self.violations.append(f"c{c.n}: sync raised {type(e).__name__}: {e}")
                 self.log.append(f"    c{c.n} sync ended: {type(e).__name__}: {e}")
@@ -361,9 +379,47 @@ class World:
                     c.disk.capacity = None
                 case "crash":
                     await self.crash(c)
+                case "share" | "unshare" | "role" | "owner_write" | "owner_delete":
+                    self.share_op(op)
                 case _:
                     self.user_op(c, op)
         await self.quiesce()
+
+    def share_op(self, op: Op) -> None:
+        server = self.server
+        try:
+            match op.kind:
+                case "share" if server.mount is None:
+                    server.share(self.rng.choice(["editor", "viewer"]))
+                case "unshare":
+                    server.unshare()
+                case "role" if server.mount is not None:
+                    server.set_role("viewer" if server.role == "editor" else "editor")
+                case "owner_write":
+                    self.owner_write(op.path)
+                case "owner_delete":
+                    shared = server.spaces[SHARED_NS]
+                    if op.path in shared.heads:
+                        self.owner_destroyed.update(self._server_contents(shared, op.path))
+                        server.owner_change(lambda space: space.delete(op.path, None, None, OWNER))
+        except ProtocolError as e:
+            self.log.append(f"    ({op.kind} did nothing: {e.message})")
+        self.log.append(f"    (shared: {server.mount} {server.role})" if server.mount else "    (not shared)")
+
+    def owner_write(self, path: str) -> None:
+        shared = self.server.spaces[SHARED_NS]
+        head = shared.heads.get(path)
+        data = self._content(None, "owner")
+        h = block_hash(data)
+        self.server.put_block(h, data)
+        commit = m.FileCommit(path, head.version if head else None, len(data), self.clock.time_ns(), [h])  # type: ignore[union-attr]
+        self.server.owner_change(lambda space: space.file(commit, OWNER))
+        if head is not None:
+            self.owner_destroyed.update(self._server_contents(shared, path))
+
+    def _server_contents(self, space: Any, path: str) -> set[bytes]:
+        hashes = {e.content_hash for p, e in space.heads.items() if p == path or p.startswith(path + "/")}
+        return {d for d in self.written if digest(d) in hashes}
 
     async def quiesce(self) -> None:
         """Faults off, everyone online, every sync done; then sync round robin
@@ -372,6 +428,8 @@ class World:
         self.log.append("--- quiescence")
         self.net.faults = Faults(max_delay=0.01)
         self.net.offline.clear()
+        if self.server.mount is not None and self.server.role == "viewer":
+            self.server.set_role("editor")  # what a viewer kept back goes up now
         for c in self.clients:
             c.disk.capacity = None
             for p, (kind, _d, _x, mode) in self._files(c).items():
@@ -392,7 +450,7 @@ class World:
 
     def snapshot(self) -> str:
         h = hashlib.sha256()
-        for path, e in sorted(self.server.heads.items()):
+        for path, e in sorted(self.server.tree().items()):
             h.update(repr((path, e.kind, e.content_hash, e.executable, e.version, e.file_id)).encode())
         for c in self.clients:
             for path, (kind, data, x, _m) in sorted(self._files(c).items()):
@@ -403,7 +461,8 @@ class World:
 
     def check(self) -> None:
         v = self.violations
-        heads = self.server.heads
+        heads = self.server.tree()
+        history = [e for space in self.server.spaces.values() for e in space.history]
         written = {digest(d) for d in self.written}
         # I1: every replica is the server's tree
         server_tree = {p: (e.kind, e.content_hash, e.executable) for p, e in heads.items()}
@@ -418,8 +477,8 @@ class World:
                 v.append(f"I4 c{c.n}: staged downloads left behind: {c.disk.listdir(staging)}")
         # I2: no lost edits; I5: nothing converged by deleting
         at_paths = {e.content_hash for e in heads.values() if e.kind == "file"}
-        in_history = {e.content_hash for e in self.server.history if e.kind == "file"}
-        ever_destroyed = set().union(*(d.keys() for d in self.destroyed.values()))
+        in_history = {e.content_hash for e in history if e.kind == "file"}
+        ever_destroyed = set().union(*(d.keys() for d in self.destroyed.values())) | self.owner_destroyed
         for data in sorted(self.must_keep):
             h = digest(data)
             if h not in at_paths and h not in in_history:
@@ -427,20 +486,21 @@ class World:
             elif h not in at_paths and data not in ever_destroyed:
                 v.append(f"I5 {data[:40]!r} was never deleted or overwritten but is at no path")
         # I3: no mixed content, on the server (heads and history) or any device
-        for e in self.server.history:
+        for e in history:
             if e.kind == "file" and e.content_hash not in written:
                 v.append(f"I3 server version {e.path} v{e.version} holds content no device wrote")
-        # I4: well-formed tree, one path per file
-        ids: dict[int, str] = {}
-        for p, e in heads.items():
-            parent = p.rsplit("/", 1)[0] or "/"
-            if parent != "/" and (parent not in heads or heads[parent].kind != "dir"):
-                v.append(f"I4 orphan: {p} has no parent folder")
-            if e.file_id in ids:
-                v.append(f"I4 file {e.file_id} at two paths: {ids[e.file_id]} and {p}")
-            ids[e.file_id] = p
+        # I4: well-formed trees, one path per file
+        for space in self.server.spaces.values():
+            ids: dict[int, str] = {}
+            for p, e in space.heads.items():
+                parent = p.rsplit("/", 1)[0] or "/"
+                if parent != "/" and (parent not in space.heads or space.heads[parent].kind != "dir"):
+                    v.append(f"I4 orphan in namespace {space.ns}: {p} has no parent folder")
+                if e.file_id in ids:
+                    v.append(f"I4 file {e.file_id} at two paths: {ids[e.file_id]} and {p}")
+                ids[e.file_id] = p
         # I6: every block a version names is stored and hashes right
-        for e in self.server.history:
+        for e in history:
             for b in e.blocks or []:
                 data = self.server.blocks.get(b.hash)
                 if data is None or block_hash(data) != b.hash:
@@ -454,12 +514,16 @@ def _as_listed(disk: MemDisk, path: str) -> str:
     return unicodedata.normalize("NFC", path) if disk.mode != "posix" else path
 
 
-def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False) -> Result:
-    """Run one seed (with ``ops``, a subset of its operations, when shrinking)."""
+def draw(seed: int, scenario: int) -> tuple[Setup, list[Op]]:
     rng = random.Random(seed)
     setup = Setup.draw(rng)
-    if ops is None:
-        ops = make_ops(rng, setup.clients, rng.randrange(10, 40))
+    return setup, make_ops(rng, setup.clients, rng.randrange(10, 40), scenario)
+
+
+def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenario: int = SCENARIO) -> Result:
+    """Run one seed (with ``ops``, a subset of its operations, when shrinking)."""
+    setup, drawn = draw(seed, scenario)
+    ops = drawn if ops is None else ops
     random.seed(seed)  # the engine's own jitter (backoff) and conflicted-name suffixes
     tmp = Path(tempfile.mkdtemp(prefix=f"ferry-sim-{seed}-"))
     world = World(seed, ops, setup, tmp)
@@ -483,7 +547,9 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False) -> Res
     figures = {"ops": len(ops), "syncs": sum(c.syncs for c in world.clients), "finished_syncs": world.finished_syncs,
                "crashes": world.crashes, "frames": world.net.frames, "writes": world.writes,
                "must_keep": len(world.must_keep), "virtual_s": int(loop.now)}  # fmt: skip
-    header = [f"seed {seed}: {setup.clients} clients, disks {setup.modes}, {setup.faults}"]
+    header = [
+        f"seed {seed} (scenario {scenario}): {setup.clients} clients, disks {setup.modes}, {setup.faults}"
+    ]
     return Result(world.violations, world.snapshot(), header + world.log, figures)
 
 
@@ -506,11 +572,11 @@ def _close(loop: SimLoop) -> None:
     loop.close()
 
 
-def shrink(seed: int, fails: Callable[[list[Op]], bool], budget: int = 60) -> list[Op]:
+def shrink(
+    seed: int, fails: Callable[[list[Op]], bool], scenario: int = SCENARIO, budget: int = 60
+) -> list[Op]:
     """Drop operations while the run still fails: halves, then quarters... then one by one."""
-    rng = random.Random(seed)
-    setup = Setup.draw(rng)
-    ops = make_ops(rng, setup.clients, rng.randrange(10, 40))
+    ops = draw(seed, scenario)[1]
     chunk = len(ops) // 2
     while chunk >= 1 and budget > 0:
         i = 0

@@ -158,7 +158,11 @@ class Engine:
             root = next(n for n in listed.namespaces if n.path == "/")
             await self._pull_namespace(conn, root, listed.namespaces)
             listed = await conn.call(lambda i: m.ListNamespaces(i), m.NamespaceList)
-            self._mount(listed.namespaces)
+            if self._mount(listed.namespaces):
+                # what the root journal put at a mount point while it was mounted was left out
+                # (see client.mounts); now that path is the user's own again: read it all again
+                self.state.put(mounts.ROOT_CURSOR, "0")
+                await self._pull_namespace(conn, root, listed.namespaces)
             for info in listed.namespaces:
                 if info.path != "/":
                     await self._pull_namespace(conn, info, listed.namespaces)
@@ -188,9 +192,10 @@ class Engine:
             if not reply.has_more:
                 return
 
-    def _mount(self, spaces: list[m.NamespaceInfo]) -> None:
+    def _mount(self, spaces: list[m.NamespaceInfo]) -> bool:
         """Forget shared folders no longer visible (their files stay on disk, now
-        plain files of the user's own tree); add the mount point of new ones."""
+        plain files of the user's own tree); add the mount point of new ones.
+        Whether a shared folder went away."""
         known: dict[str, str] = orjson.loads(self.state.get("mounts") or "{}")
         now = {str(n.ns): n.path for n in spaces if n.path != "/"}
         for ns, path in known.items():
@@ -204,6 +209,7 @@ class Engine:
                 self.state.apply_changes([mounts.mount_point(info)], int(self.state.get(key, "0") or 0), key)
         if now != known:
             self.state.put("mounts", orjson.dumps(now).decode())
+        return any(now.get(ns) != path for ns, path in known.items())
 
     def _hold_back(self, actions: list[p.Action]) -> list[p.Action]:
         """Leave out changes the server would refuse: in a folder shared with us
@@ -223,23 +229,23 @@ class Engine:
         self.status["not_uploaded"] = held
         return kept
 
-    def _plan(self, local: dict[str, p.Node], remote: p.Tree, synced: p.Tree) -> list[p.Action]:
+    def _plan(self, local: p.Tree, remote: p.Tree, synced: dict[str, p.Node]) -> list[p.Action]:
         """The plan, less local renames the server would refuse (of a shared folder's
         mount point, or inside a folder shared read-only): the planner counts on every
         move it plans being made, so what it plans after a refused one is wrong (downloads
-        into the renamed copy, which the next round renames again, and so on). The
-        renamed copy sits out this round instead; the original comes back, and the next
-        round takes the copy as new."""
+        into the renamed copy, which the next round renames again, and so on). Planned
+        as if the original had never been synced instead: it comes back from the server,
+        and the renamed copy is new here (uploaded where that is allowed)."""
         while True:
             actions = p.plan(local, remote, synced, self.conflict_name)
             refused = [
-                a.dst for a in actions if isinstance(a, p.MoveRemote) and mounts.held_back(a, self.spaces)
+                a.src for a in actions if isinstance(a, p.MoveRemote) and mounts.held_back(a, self.spaces)
             ]
             if not refused:
                 return actions
-            for dst in refused:
-                for path in [k for k in local if is_within(k, dst)]:
-                    del local[path]
+            for src in refused:
+                for path in [k for k in synced if is_within(k, src)]:
+                    del synced[path]
 
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
         if e.code == ErrorCode.QUOTA_EXCEEDED:

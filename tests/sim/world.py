@@ -317,6 +317,9 @@ class World:
                 if kind == "file" and mode & 0o400 and not p.startswith("/.ferry-")}  # fmt: skip
         for torn in seen - self.written:  # I3 on the device, as each sync starts
             self.violations.append(f"I3 c{c.n} holds content no device wrote: {torn[:40]!r}")
+        # what is in a folder shared read-only is kept here, not sent: not the sync's to keep
+        viewer = {self.server.mount} if self.server.mount and self.server.role == "viewer" else set()
+        held = self._held(c, viewer)
 
         async def sync() -> bool:
             engine = c.engine = self._engine(c)
@@ -332,17 +335,23 @@ class World:
                 return False
             finally:
                 engine.state.close()
+            if self.server.mount and self.server.role == "viewer":
+                held.update(self._held(c, {self.server.mount}))
             if done:
                 self.finished_syncs += 1
                 # what the user destroyed, or made unreadable, on this device while the sync ran
                 gone = {d for d, at in self.destroyed[c.n].items() if at >= start}
                 gone |= {d for d, at in self.locked[c.n].items() if at >= start}
-                self.must_keep |= {d for d in seen if d is not None} - gone
+                self.must_keep |= {d for d in seen if d is not None} - gone - held
             self.log.append(f"    c{c.n} sync finished: {'fixed point' if done else 'still changing'}")
             return done
 
         c.syncs += 1
         c.task = asyncio.get_running_loop().create_task(sync())
+
+    def _held(self, c: Client, mounts: set[str]) -> set[bytes]:
+        return {d for p, (kind, d, _x, _m) in self._files(c).items()
+                if kind == "file" and d is not None and any(p.startswith(mount + "/") for mount in mounts)}  # fmt: skip
 
     async def crash(self, c: Client) -> None:
         self.crashes += 1

@@ -230,21 +230,21 @@ class Engine:
         return kept
 
     def _plan(self, local: p.Tree, remote: p.Tree, synced: dict[str, p.Node]) -> list[p.Action]:
-        """The plan, less local renames the server would refuse (of a shared folder's
-        mount point, or inside a folder shared read-only): the planner counts on every
-        move it plans being made, so what it plans after a refused one is wrong (downloads
-        into the renamed copy, which the next round renames again, and so on). Planned
-        as if the original had never been synced instead: it comes back from the server,
-        and the renamed copy is new here (uploaded where that is allowed)."""
+        """The plan, less local renames and deletes the server would refuse (of a shared
+        folder's mount point, or inside a folder shared read-only). Planned as moves, what
+        the planner puts after them counts on them being made (downloads went into the
+        renamed copy, which the next round renamed again, and so on); held back, the
+        device never again matched the server. Planned instead as if the original had
+        never been synced: it comes back from the server, and a renamed copy is new here
+        (uploaded where that is allowed)."""
         while True:
             actions = p.plan(local, remote, synced, self.conflict_name)
-            refused = [
-                a.src for a in actions if isinstance(a, p.MoveRemote) and mounts.held_back(a, self.spaces)
-            ]
+            refused = [a.src if isinstance(a, p.MoveRemote) else a.path for a in actions
+                       if isinstance(a, p.MoveRemote | p.DeleteRemote) and mounts.held_back(a, self.spaces)]  # fmt: skip
             if not refused:
                 return actions
-            for src in refused:
-                for path in [k for k in synced if is_within(k, src)]:
+            for gone in refused:
+                for path in [k for k in synced if is_within(k, gone)]:
                     del synced[path]
 
     def _refused(self, paths: list[str], e: ProtocolError) -> None:

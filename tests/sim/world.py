@@ -22,6 +22,7 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -534,7 +535,10 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     setup, drawn = draw(seed, scenario)
     ops = drawn if ops is None else ops
     random.seed(seed)  # the engine's own jitter (backoff) and conflicted-name suffixes
-    tmp = Path(tempfile.mkdtemp(prefix=f"ferry-sim-{seed}-"))
+    # each client's home (its SQLite state, its status file) is on a real disk: in memory
+    # where there is one, as nothing there need outlive the run and fsync costs nothing
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    tmp = Path(tempfile.mkdtemp(prefix=f"ferry-sim-{seed}-", dir=shm))
     world = World(seed, ops, setup, tmp)
     loop = SimLoop()
     world.loop, world.clock = loop, SimClock(loop)

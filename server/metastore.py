@@ -476,7 +476,13 @@ class MetaStore:
         return await self._change(who, key, ns, change)
 
     async def delete(
-        self, who: Principal, key: str, ns: int | None, path: str, parent: int | None, newest: int | None = None
+        self,
+        who: Principal,
+        key: str,
+        ns: int | None,
+        path: str,
+        parent: int | None,
+        newest: int | None = None,
     ) -> tuple[int, Entry]:
         if path == "/":
             raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be deleted")

@@ -42,7 +42,8 @@ REGRESSIONS = {
     "downloading into the renamed copy, one level deeper every cycle, without end",
     (131, 2): "a shared folder that went away: files other devices uploaded there as their own were "
     "pulled, then forgotten with the mount; every device kept uploading over them",
-    (235, 2): "a mount point deleted locally was held back forever: the device never matched the server again",
+    (235, 2): "a mount point deleted locally was held back forever: the device never matched the server "
+    "again",
 }
 
 

@@ -206,7 +206,12 @@ class Engine:
         for info in spaces:
             if info.path != "/" and known.get(str(info.ns)) != info.path:
                 key = mounts.cursor_key(info)
-                self.state.apply_changes([mounts.mount_point(info)], int(self.state.get(key, "0") or 0), key)
+                # what the root journal had below this path is not there any more (the folder
+                # was shared, or deleted before another was mounted here: its tombstones are
+                # left out of the root's pull), and the shared folder's journal, read from
+                # its start, says what is
+                self.state.reset_remote_under(info.path, key)
+                self.state.apply_changes([mounts.mount_point(info)], 0, key)
         if now != known:
             self.state.put("mounts", orjson.dumps(now).decode())
         return any(now.get(ns) != path for ns, path in known.items())

@@ -423,9 +423,9 @@ class World:
         h = block_hash(data)
         self.server.put_block(h, data)
         commit = m.FileCommit(path, head.version if head else None, len(data), self.clock.time_ns(), [h])  # type: ignore[union-attr]
+        before = self._server_contents(shared, path)
         self.server.owner_change(lambda space: space.file(commit, OWNER))
-        if head is not None:
-            self.owner_destroyed.update(self._server_contents(shared, path))
+        self.owner_destroyed.update(before)
 
     def _server_contents(self, space: Any, path: str) -> set[bytes]:
         hashes = {e.content_hash for p, e in space.heads.items() if p == path or p.startswith(path + "/")}

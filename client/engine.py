@@ -323,12 +323,21 @@ class Engine:
     async def _resolve_clashes(self) -> list[tuple[str, str]]:
         """Rename on the server the paths this disk cannot hold apart (client.names);
         the clashes left (renames refused), as :func:`names.clashes` gives them."""
-        found = names.clashes(self.state.remote_tree())
+        remote = self.state.remote_tree()
+        found = names.clashes(remote)
+        taken = {names.fold(k) for k in remote} if found else set()
         for path, kept in found:
             entry = self.state.remote_entry(path)
             if entry is None:
                 continue
-            move = functools.partial(_move_to, path, self.conflict_name(path), entry.version)
+            # a name free on the server: another clash of this path resolved in the same
+            # second took the first one (and a name taken makes the rename fail every time)
+            new, n = self.conflict_name(path), 1
+            while names.fold(new) in taken:
+                n += 1
+                new = p.with_suffix(self.conflict_name(path), f" {n}")
+            taken.add(names.fold(new))
+            move = functools.partial(_move_to, path, new, entry.version)
             try:
                 done = await self._change(move)
             except ProtocolError as e:  # changed meanwhile, or not ours to rename: reported by cycle()

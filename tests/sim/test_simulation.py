@@ -42,6 +42,10 @@ REGRESSIONS = {
     "downloading into the renamed copy, one level deeper every cycle, without end",
     (131, 2): "a shared folder that went away: files other devices uploaded there as their own were "
     "pulled, then forgotten with the mount; every device kept uploading over them",
+    (1000, 2): "a folder deleted, then a shared folder mounted at its path before a device pulled the "
+    "deletion: the old files stayed in that device's remote tree for ever",
+    (1883, 2): "a case clash resolved twice in one second: the second rename took the first one's name, "
+    "was refused, and the clash was never resolved",
     (235, 2): "a mount point deleted locally was held back forever: the device never matched the server "
     "again",
 }

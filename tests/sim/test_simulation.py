@@ -4,7 +4,8 @@ process, on a virtual clock, with faults, checked against the invariants.
 
 CI runs :data:`SEEDS` seeds in :data:`CHUNKS` parametrized chunks (so pytest-xdist
 workers share them). ``FERRY_SIM_SEEDS=N`` runs N seeds instead;
-``FERRY_SIM_SEED=a,b`` replays given seeds and prints their whole operation log.
+``FERRY_SIM_SEED=a,b:1`` replays given seeds (in scenario 1 after a colon) and
+prints their whole operation log.
 A failing seed is shrunk (operations dropped while it still fails) and its
 minimal operation log printed with the seed; fixed, it joins :data:`REGRESSIONS`.
 """
@@ -23,7 +24,9 @@ from tests.sim import world
 
 SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "1000"))
 CHUNKS = 12
-REPLAY = [int(s) for s in os.environ.get("FERRY_SIM_SEED", "").split(",") if s.strip()]
+# "seed" or "seed:scenario", comma-separated
+REPLAY = [(int(s.split(":")[0]), int(s.split(":")[1]) if ":" in s else world.SCENARIO)
+          for s in os.environ.get("FERRY_SIM_SEED", "").split(",") if s.strip()]  # fmt: skip
 
 # seeds that found a defect, with the scenario they ran (tests/sim/world.py: SCENARIO) and the defect;
 # each passes since its fix
@@ -57,7 +60,7 @@ def _report(seed: int, scenario: int = world.SCENARIO) -> str:
         seed, lambda ops: bool(world.run(seed, ops, scenario=scenario).violations), scenario
     )
     result = world.run(seed, smallest, log_engine=True, scenario=scenario)
-    lines = [f"seed {seed} (scenario {scenario}) fails (replay: FERRY_SIM_SEED={seed} pytest -s tests/sim -k replay)",
+    lines = [f"seed {seed} (scenario {scenario}) fails (replay: FERRY_SIM_SEED={seed}:{scenario} pytest -s tests/sim -k replay)",
              "violations:"]  # fmt: skip
     lines += [f"  {v}" for v in result.violations[:10]]
     lines += [f"minimal operation log ({len(smallest)} operations):", *result.log]
@@ -107,10 +110,10 @@ def test_regression_seeds_fail_without_their_fixes(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.skipif(not REPLAY, reason="set FERRY_SIM_SEED=a,b to replay seeds")
 def test_replay() -> None:
-    for seed in REPLAY:
-        result = world.run(seed, log_engine=True)
+    for seed, scenario in REPLAY:
+        result = world.run(seed, log_engine=True, scenario=scenario)
         print("\n".join(result.log + result.violations))
-        assert not result.violations, _report(seed)
+        assert not result.violations, _report(seed, scenario)
 
 
 def test_same_seed_same_final_state() -> None:

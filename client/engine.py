@@ -264,9 +264,8 @@ class Engine:
         await self.pull()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
-        await asyncio.sleep(
-            settled - self.clock.monotonic()
-        )  # what is left of it: reading the state took a while
+        left = settled - self.clock.monotonic()  # what is left of it: reading the state took a while
+        await asyncio.sleep(left)
         self._scan = await self._scan_disk(known)
         for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
             self._scan.skipped[path] = (

@@ -534,6 +534,7 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     """Run one seed (with ``ops``, a subset of its operations, when shrinking)."""
     setup, drawn = draw(seed, scenario)
     ops = drawn if ops is None else ops
+    outside = random.getstate()
     random.seed(seed)  # the engine's own jitter (backoff) and conflicted-name suffixes
     # each client's home (its SQLite state, its status file) is on a real disk: in memory
     # where there is one, as nothing there need outlive the run and fsync costs nothing
@@ -555,6 +556,7 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     finally:
         sync_log.removeHandler(handler)
         sync_log.setLevel(level)
+        random.setstate(outside)
         _close(loop)
         shutil.rmtree(tmp, ignore_errors=True)
     figures = {"ops": len(ops), "syncs": sum(c.syncs for c in world.clients), "finished_syncs": world.finished_syncs,

@@ -24,17 +24,16 @@ import os
 import random
 import sqlite3
 import stat as st
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from client import diskspace, durable, mounts, names
+from client import diskspace, durable, fs, mounts, names
 from client import planner as p
+from client.clock import Clock, SystemClock
 from client.home import Credentials
 from client.lan.node import LanNode, LanOptions, Scope
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
@@ -56,7 +55,7 @@ from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import block_hash, content_hash
-from protocol.paths import ancestors
+from protocol.paths import ancestors, is_within
 
 log = logging.getLogger("ferry.sync")
 MARKER = ".ferry-root"
@@ -84,13 +83,18 @@ def folder_id(root: Path) -> str:
 
 class Engine:
     def __init__(self, root: Path, home: Path, creds: Credentials, *, confirm_deletes: bool = False,
-                 retry_for: float = 60.0, lan: LanOptions | None = None) -> None:  # fmt: skip
-        self.root = root.resolve()
+                 retry_for: float = 60.0, lan: LanOptions | None = None, disk: fs.Disk | None = None,
+                 clock: Clock | None = None, remote: Remote | None = None) -> None:  # fmt: skip
+        """``disk``, ``clock`` and ``remote`` (the server connection) default to the real
+        ones; the deterministic simulation (``tests/sim``) passes its own."""
+        self.fs: fs.Disk = disk or fs.OsDisk()
+        self.clock = clock or SystemClock()
+        self.root = root.resolve() if isinstance(self.fs, fs.OsDisk) else root
         self.home = home
         self.device = creds.device
         self.confirm_deletes = confirm_deletes
         self.state = State(home / "folders" / folder_id(self.root) / "state.db")
-        self.remote = Remote(creds, retry_for)
+        self.remote = remote or Remote(creds, retry_for, clock=self.clock)
         self.wakeup = asyncio.Event()
         self.remote.on_changed = lambda _msg: self.wakeup.set()
         self.remote.on_closed = self.wakeup.set
@@ -105,7 +109,7 @@ class Engine:
         self._dirty: set[str] = set()  # disk paths changed since the last scan
         self._watching = False  # the watcher is running: no change goes unreported
         self._full_needed = True  # the last scan cannot be brought up to date from _dirty
-        self._full_at = 0.0  # time.monotonic() of the last full scan
+        self._full_at = 0.0  # clock.monotonic() of the last full scan
         self.case_insensitive = False  # probed by check_root
         # why this cycle found the disk full or read-only (client.diskspace), if it did
         self._disk_trouble: str | None = None
@@ -118,7 +122,8 @@ class Engine:
             bytes, list[tuple[str, int, int]]
         ] = {}  # block -> (path, offset, size): what we serve
         self._index_stale = True
-        self._index_at = 0.0  # time.monotonic() of the last rebuild
+        self._index_at = 0.0  # clock.monotonic() of the last rebuild
+        self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -127,7 +132,7 @@ class Engine:
         (an unmounted disk or a replaced folder): that would delete everything."""
         enable_writer_checks()
         marker = self.root / MARKER
-        if self.state.get("initialised") == "yes" and not marker.exists():
+        if self.state.get("initialised") == "yes" and not self.fs.exists(marker):
             raise SyncError(
                 f"{self.root} is missing or is not the folder synced before (no {MARKER} marker); "
                 "if the disk is unmounted, mount it; nothing was changed"
@@ -136,20 +141,29 @@ class Engine:
             self._prepare_root(marker)
         except OSError as e:
             raise SyncError(diskspace.trouble(e, self.root) or f"cannot prepare {self.root}: {e}") from None
-        self.state.put("initialised", "yes")
+        self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
+        for leftover in self.fs.listdir(self.root / STAGING):  # temp files of an interrupted download
+            with contextlib.suppress(OSError):
+                self.fs.unlink(self.root / STAGING / leftover)
+        if self.state.get("initialised") != "yes":
+            # the marker durable before the state says this folder is synced: a marker lost to
+            # a power cut after that would stop every later sync ("not the folder synced before")
+            fd = self.fs.open(marker, os.O_RDONLY)
+            try:
+                self.fs.fsync(fd)
+            finally:
+                self.fs.close(fd)
+            self.fs.fsync_dir(self.root)
+            self.state.put("initialised", "yes")
 
     def _prepare_root(self, marker: Path) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            marker.write_text("This folder is synced by Ferry. Do not delete this file.\n")
-        (self.root / STAGING).mkdir(exist_ok=True)
-        self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
-        for leftover in (self.root / STAGING).iterdir():  # temp files of an interrupted download
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        self.fs.mkdir(self.root, parents=True, exist_ok=True)
+        if not self.fs.exists(marker):
+            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
+        self.fs.mkdir(self.root / STAGING, exist_ok=True)
 
     def conflict_name(self, path: str) -> str:
-        return p.conflict_name(path, self.device, datetime.now())
+        return p.conflict_name(path, self.device, self.clock.now())
 
     def disk(self, path: str) -> Path:
         return self.root / path.lstrip("/")
@@ -173,7 +187,7 @@ class Engine:
 
     def _locate(self, h: bytes) -> list[tuple[Path, int, int, int]]:
         """Where this device holds block ``h``, with each file's namespace."""
-        if self._index_stale and time.monotonic() - self._index_at > 1.0:
+        if self._index_stale and self.clock.monotonic() - self._index_at > 1.0:
             self._rebuild_index()  # files placed since: serve them now, not after the next cycle
         out = []
         for path, offset, size in self._index.get(h, ()):
@@ -199,7 +213,7 @@ class Engine:
             for b in blocks:
                 index.setdefault(b.hash, []).append((path, offset, b.size))
                 offset += b.size
-        self._index, self._index_stale, self._index_at = index, False, time.monotonic()
+        self._index, self._index_stale, self._index_at = index, False, self.clock.monotonic()
 
     # --- one cycle ----------------------------------------------------------------
 
@@ -213,7 +227,11 @@ class Engine:
             root = next(n for n in listed.namespaces if n.path == "/")
             await self._pull_namespace(conn, root, listed.namespaces)
             listed = await conn.call(lambda i: m.ListNamespaces(i), m.NamespaceList)
-            self._mount(listed.namespaces)
+            if self._mount(listed.namespaces):
+                # what the root journal put at a mount point while it was mounted was left out
+                # (see client.mounts); now that path is the user's own again: read it all again
+                self.state.put(mounts.ROOT_CURSOR, "0")
+                await self._pull_namespace(conn, root, listed.namespaces)
             for info in listed.namespaces:
                 if info.path != "/":
                     await self._pull_namespace(conn, info, listed.namespaces)
@@ -243,9 +261,10 @@ class Engine:
             if not reply.has_more:
                 return
 
-    def _mount(self, spaces: list[m.NamespaceInfo]) -> None:
+    def _mount(self, spaces: list[m.NamespaceInfo]) -> bool:
         """Forget shared folders no longer visible (their files stay on disk, now
-        plain files of the user's own tree); add the mount point of new ones."""
+        plain files of the user's own tree); add the mount point of new ones.
+        Whether a shared folder went away."""
         known: dict[str, str] = orjson.loads(self.state.get("mounts") or "{}")
         now = {str(n.ns): n.path for n in spaces if n.path != "/"}
         for ns, path in known.items():
@@ -256,9 +275,15 @@ class Engine:
         for info in spaces:
             if info.path != "/" and known.get(str(info.ns)) != info.path:
                 key = mounts.cursor_key(info)
-                self.state.apply_changes([mounts.mount_point(info)], int(self.state.get(key, "0") or 0), key)
+                # what the root journal had below this path is not there any more (the folder
+                # was shared, or deleted before another was mounted here: its tombstones are
+                # left out of the root's pull), and the shared folder's journal, read from
+                # its start, says what is
+                self.state.reset_remote_under(info.path, key)
+                self.state.apply_changes([mounts.mount_point(info)], 0, key)
         if now != known:
             self.state.put("mounts", orjson.dumps(now).decode())
+        return any(now.get(ns) != path for ns, path in known.items())
 
     def _hold_back(self, actions: list[p.Action]) -> list[p.Action]:
         """Leave out changes the server would refuse: in a folder shared with us
@@ -268,7 +293,7 @@ class Engine:
         held: dict[str, str] = {}
         not_down: dict[str, str] = {}
         kept: list[p.Action] = []
-        now = time.monotonic()
+        now = self.clock.monotonic()
         room: int | None = None  # what downloads may still take on the disk (client.diskspace)
         for action in actions:
             refused = mounts.held_back(action, self.spaces)
@@ -292,15 +317,33 @@ class Engine:
             self._disk_trouble = diskspace.full(self.root, len(not_down))
         return kept
 
+    def _plan(self, local: p.Tree, remote: p.Tree, synced: dict[str, p.Node]) -> list[p.Action]:
+        """The plan, less local renames and deletes the server would refuse (of a shared
+        folder's mount point, or inside a folder shared read-only). Planned as moves, what
+        the planner puts after them counts on them being made (downloads went into the
+        renamed copy, which the next round renamed again, and so on); held back, the
+        device never again matched the server. Planned instead as if the original had
+        never been synced: it comes back from the server, and a renamed copy is new here
+        (uploaded where that is allowed)."""
+        while True:
+            actions = p.plan(local, remote, synced, self.conflict_name)
+            refused = [a.src if isinstance(a, p.MoveRemote) else a.path for a in actions
+                       if isinstance(a, p.MoveRemote | p.DeleteRemote) and mounts.held_back(a, self.spaces)]  # fmt: skip
+            if not refused:
+                return actions
+            for gone in refused:
+                for path in [k for k in synced if is_within(k, gone)]:
+                    del synced[path]
+
     def _refused(self, paths: list[str], e: ProtocolError) -> None:
         if e.code == ErrorCode.QUOTA_EXCEEDED:
             for path in paths:
-                self._over_quota[path] = time.monotonic() + 60
+                self._over_quota[path] = self.clock.monotonic() + 60
                 self.status.setdefault("not_uploaded", {})[path] = f"not uploaded: {e.message}"
 
     async def cycle(self) -> list[p.Action]:
         """Pull, scan, plan, execute. Returns the actions attempted (empty: in sync)."""
-        settled = time.monotonic() + await self._settling_for()
+        settled = self.clock.monotonic() + await self._settling_for()
         self._disk_trouble = None
         await self.pull()
         if self.lan is not None:
@@ -308,18 +351,20 @@ class Engine:
             self._rebuild_index()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
-        await asyncio.sleep(settled - time.monotonic())  # what is left of it: reading the state took a while
+        left = settled - self.clock.monotonic()  # what is left of it: reading the state took a while
+        await asyncio.sleep(left)
         self._scan = await self._scan_disk(known)
         for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
             self._scan.skipped[path] = (
                 f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
             )
+        self._not_moved.clear()
         local = dict(self._scan.tree)
         for skipped in self._scan.skipped:  # neither deleted nor changed: left alone this round
             for tree in (local, remote, synced):
                 for key in [k for k in tree if k == skipped or k.startswith(skipped.rstrip("/") + "/")]:
                     del tree[key]
-        actions = p.plan(local, remote, synced, self.conflict_name)
+        actions = self._plan(local, remote, synced)
         actions = self._hold_back(self._guard_mass_delete(actions, synced))
         self._touched(actions)
         self._index_stale = self._index_stale or bool(actions)
@@ -365,12 +410,21 @@ class Engine:
     async def _resolve_clashes(self) -> list[tuple[str, str]]:
         """Rename on the server the paths this disk cannot hold apart (client.names);
         the clashes left (renames refused), as :func:`names.clashes` gives them."""
-        found = names.clashes(self.state.remote_tree())
+        remote = self.state.remote_tree()
+        found = names.clashes(remote)
+        taken = {names.fold(k) for k in remote} if found else set()
         for path, kept in found:
             entry = self.state.remote_entry(path)
             if entry is None:
                 continue
-            move = functools.partial(_move_to, path, self.conflict_name(path), entry.version)
+            # a name free on the server: another clash of this path resolved in the same
+            # second took the first one (and a name taken makes the rename fail every time)
+            new, n = self.conflict_name(path), 1
+            while names.fold(new) in taken:
+                n += 1
+                new = p.with_suffix(self.conflict_name(path), f" {n}")
+            taken.add(names.fold(new))
+            move = functools.partial(_move_to, path, new, entry.version)
             try:
                 done = await self._change(move)
             except ProtocolError as e:  # changed meanwhile, or not ours to rename: reported by cycle()
@@ -386,7 +440,11 @@ class Engine:
         return names.clashes(self.state.remote_tree())
 
     def _incremental(self) -> bool:
-        return self._watching and not self._full_needed and time.monotonic() - self._full_at < FULL_SCAN_EVERY
+        return (
+            self._watching
+            and not self._full_needed
+            and self.clock.monotonic() - self._full_at < FULL_SCAN_EVERY
+        )
 
     async def _settling_for(self) -> float:
         """Live mode: how long until the files just changed have settled (at most
@@ -394,7 +452,7 @@ class Engine:
         as still being written, which costs a whole extra cycle."""
         if not self._incremental() or not self._dirty:
             return 0.0
-        return await asyncio.to_thread(_settling_for, self._dirty.copy())
+        return await self.fs.run(_settling_for, self._dirty.copy(), self.clock.time())
 
     async def _scan_disk(self, known: dict[str, Observed]) -> Scan:
         """A full scan unless the watcher reported every change since the last
@@ -402,15 +460,15 @@ class Engine:
         dirty, self._dirty = self._dirty, set()
         if self._incremental():
             try:
-                return await asyncio.to_thread(
-                    rescan, self.root, self._scan, dirty, known, self.conflict_name
+                return await self.fs.run(
+                    rescan, self.root, self._scan, dirty, known, self.conflict_name, self.clock.time()
                 )
             except BaseException:
                 self._full_needed = True  # the dirty paths are spent
                 raise
         self._full_needed = False
-        self._full_at = time.monotonic()
-        return await asyncio.to_thread(scan, self.root, known, self.conflict_name)
+        self._full_at = self.clock.monotonic()
+        return await self.fs.run(scan, self.root, known, self.conflict_name, self.clock.time())
 
     def _touched(self, actions: list[p.Action]) -> None:
         """Paths these actions change on disk are looked at by the next scan even
@@ -483,9 +541,9 @@ class Engine:
             for action in batch:
                 disk = self.disk(action.path)
                 try:
-                    before = os.stat(disk)
-                    data = disk.read_bytes()
-                    after = os.stat(disk)
+                    before = self.fs.stat(disk)
+                    data = self.fs.read_bytes(disk)
+                    after = self.fs.stat(disk)
                 except OSError as e:
                     log.info("%s: %s; will retry", action.path, e.strerror)
                     continue
@@ -500,7 +558,7 @@ class Engine:
                 out.append((action, after, [(b.hash, bytes(b.data)) for b in chunk_bytes(data)]))
             return out
 
-        items = await asyncio.to_thread(read_all)
+        items = await self.fs.run(read_all)
         if not items:
             return
         data_of = {h: d for _, _, blocks in items for h, d in blocks}
@@ -574,7 +632,7 @@ class Engine:
 
         await self.remote.run(fetch_all)
         staging = self.root / STAGING
-        staged = await asyncio.to_thread(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
+        staged = await self.fs.run(_stage_files, staging, [(e, b"".join(got[b.hash] for b in e.blocks or []))
                                                                  for _, e in todo])  # fmt: skip
         got.clear()
         failpoints.hit("client.download.staged")
@@ -586,20 +644,20 @@ class Engine:
                     log.info("%s changed locally during download; re-planning", path)
                     continue
                 dest = self.disk(path)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
+                self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
+                self.fs.replace(tmp, dest)
                 placed.append((path, entry, dest))
                 failpoints.hit("client.download.placed")
         finally:
             for tmp in staged:
                 with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                    self.fs.unlink(tmp)
         if not placed:
             return
-        await asyncio.to_thread(_flush_names, self.root, {dest.parent for _, _, dest in placed})
+        await self.fs.run(_flush_names, self.root, {dest.parent for _, _, dest in placed})
         records = []
         for path, entry, dest in placed:
-            now = os.stat(dest)
+            now = self.fs.stat(dest)
             assert entry.content_hash is not None
             records.append((path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                   entry.executable)))  # fmt: skip
@@ -664,7 +722,8 @@ class Engine:
                 self.state.record(path, done.entry, None)
             case p.DeleteRemote(path=path, parent=parent):
                 try:
-                    await self._change(lambda i, k: m.Delete(i, k, path, parent))
+                    newest = self._newest_within(path)
+                    await self._change(lambda i, k: m.Delete(i, k, path, parent, newest=newest))
                 except ProtocolError as e:
                     if e.code != ErrorCode.NOT_FOUND:
                         raise
@@ -679,20 +738,35 @@ class Engine:
             case p.Download(path=path):
                 await self._download(path)
             case p.MkdirLocal(path=path):
-                self.disk(path).mkdir(parents=True, exist_ok=True)
+                self.fs.mkdir(self.disk(path), parents=True, exist_ok=True)
                 self._record_remote(path)
             case p.DeleteLocal(path=path):
                 self._delete_local(path)
             case p.MoveLocal(src=src, dst=dst):
-                self._move_local(src, dst)
+                if not self._move_local(src, dst):
+                    self._not_moved.add(dst)
             case p.ConflictCopy(path=path, new_path=new_path):
                 self._conflict_copy(path, new_path)
             case p.Record(path=path):
+                if any(is_within(path, dst) for dst in self._not_moved):
+                    return  # the plan counted on a local move that could not be made: re-planned next cycle
                 if self.state.remote_entry(path) is None:
                     # gone on both sides (deleted here, moved or deleted there): not in the merge base any more
                     self.state.forget(path, remote=False)
                 else:
                     self._record_remote(path)
+
+    def _newest_within(self, path: str) -> int | None:
+        """The newest version at or below ``path`` in the remote tree this plan was made
+        from: a folder's delete must not take with it a file put in it since (its
+        version is newer), which this device never saw and so never meant to delete."""
+        entry = self.state.remote_entry(path)
+        if entry is None or entry.kind != "dir":
+            return None  # a file: its parent version says it all
+        below = path + "/"
+        versions = [n.version for k, n in self.state.remote_tree().items()
+                    if (k == path or k.startswith(below)) and n.version is not None]  # fmt: skip
+        return max(versions, default=None)
 
     async def _change(self, make: Callable[[int, str], m.Message]) -> m.Committed:
         key = f"sync-{uuid.uuid4()}"  # one key for every retry of this change: applied once
@@ -701,7 +775,7 @@ class Engine:
     def _unchanged(self, path: str) -> bool:
         """Is the file at ``path`` still exactly what the scan saw (or still absent)?"""
         try:
-            now = os.lstat(self.disk(path))
+            now = self.fs.lstat(self.disk(path))
         except FileNotFoundError:
             return path not in self._scan.observed and path not in self._scan.tree
         return self._as_scanned(path, now)
@@ -741,7 +815,7 @@ class Engine:
             self.state.record(path, entry, seen)  # same bytes already here (e.g. after a move): no transfer
             return
         dest = self.disk(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         tmp = await fetch(
             self.remote,
@@ -757,12 +831,12 @@ class Engine:
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
                 log.info("%s changed locally during download; re-planning", path)
                 return
-            await asyncio.to_thread(place, tmp, dest)
+            await self.fs.run(place, tmp, dest)
             failpoints.hit("client.download.placed")
         finally:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        now = os.stat(dest)
+                self.fs.unlink(tmp)
+        now = self.fs.stat(dest)
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
@@ -793,42 +867,46 @@ class Engine:
 
     def _delete_local(self, path: str) -> None:
         target = self.disk(path)
-        if target.is_dir() and not target.is_symlink():
-            for child in target.iterdir():  # editor and OS junk does not keep a deleted folder alive
-                if child.is_file() and child.name in (".DS_Store", "Thumbs.db"):
-                    child.unlink()
+        if fs.is_dir(target):
+            for name in self.fs.listdir(target):  # editor and OS junk does not keep a deleted folder alive
+                if name in (".DS_Store", "Thumbs.db") and fs.is_file(target / name):
+                    self.fs.unlink(target / name)
             try:
-                target.rmdir()
+                self.fs.rmdir(target)
             except OSError:
                 return  # something new inside: the next cycle uploads it
         elif self._unchanged(path):
             with contextlib.suppress(FileNotFoundError):
-                target.unlink()
+                self.fs.unlink(target)
         else:
             return  # edited since the scan: keep it; the next cycle uploads it
         # not the remote entry: the server may hold something new here (a file replaced by a folder)
         self.state.forget(path, remote=False)
 
-    def _move_local(self, src: str, dst: str) -> None:
+    def _move_local(self, src: str, dst: str) -> bool:
+        """Rename ``src`` to ``dst`` on disk, unless ``dst`` is taken (on a case-insensitive
+        disk, by a name that differs only in case and is moved aside later in the plan)
+        or ``src`` is gone. Whether it was renamed."""
         source, target = self.disk(src), self.disk(dst)
         case_only = names.fold(src) == names.fold(dst) and names.same_file(source, target)
-        if (target.exists() and not case_only) or not source.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(source, target)
+        if (self.fs.exists(target) and not case_only) or not self.fs.exists(source):
+            return False
+        self.fs.mkdir(target.parent, parents=True, exist_ok=True)
+        self.fs.rename(source, target)
         # the merge base moves with it; not the server's entry at dst, which may be newer
         # (moved and edited there): the Download or Record planned for dst settles that
         self.state.moved(src, dst)
+        return True
 
     def _conflict_copy(self, path: str, new_path: str) -> None:
         source, target = self.disk(path), self.disk(new_path)
-        if target.exists():
+        if self.fs.exists(target):
             stem, dot, ext = new_path.rpartition(".")
             new_path = (
                 f"{stem} {random.randrange(10**6)}.{ext}" if dot else f"{new_path} {random.randrange(10**6)}"
             )
             target = self.disk(new_path)
-        os.rename(source, target)
+        self.fs.rename(source, target)
         self.state.unobserve(path)
         # the path is free now: the download that follows may land there this round
         self._scan.tree.pop(path, None)
@@ -849,13 +927,17 @@ class Engine:
         if self.lan is not None:
             self.status["lan"] = self.lan.status()
             self.status["peers"] = [p["address"] for p in self.status["lan"]["peers"]]
-        self.status["updated"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        self.status["updated"] = self.clock.now().astimezone().isoformat(timespec="seconds")
         write_status(self.home, str(self.root), self.status)
 
     # --- loops ---------------------------------------------------------------------------
 
     async def run_once(self) -> bool:
         """Cycle until nothing is left to do (waiting out files still being written)."""
+        with fs.use(self.fs):
+            return await self._run_once()
+
+    async def _run_once(self) -> bool:
         try:
             self.check_root()
             await self._start_lan()
@@ -884,6 +966,10 @@ class Engine:
 
     async def run_forever(self) -> None:
         """Live sync: cycle on local changes (watcher), server pushes, and every 30 s."""
+        with fs.use(self.fs):
+            await self._run_forever()
+
+    async def _run_forever(self) -> None:
         self.check_root()
         await self._start_lan()
         watcher = asyncio.create_task(self._watch())
@@ -940,12 +1026,12 @@ def _move_to(src: str, dst: str, parent: int, request_id: int, key: str) -> m.Mo
     return m.Move(request_id, key, src, dst, parent)
 
 
-def _settling_for(paths: set[str]) -> float:
+def _settling_for(paths: set[str], now: float) -> float:
     """How long until the last of these files has settled (at most ``SETTLE_S``)."""
-    left, now = 0.0, time.time()
+    left = 0.0
     for path in paths:
         with contextlib.suppress(OSError):
-            info = os.lstat(path)
+            info = fs.disk().lstat(path)
             if st.S_ISREG(info.st_mode):
                 left = max(left, settle_left(path, info.st_mtime_ns, now))
     return min(left, SETTLE_S)
@@ -1018,35 +1104,36 @@ async def sync_forever(
 def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:
     """Write each file's bytes to a new temp file in ``staging`` (mode and mtime
     set), durable when this returns."""
-    staging.mkdir(exist_ok=True)
+    disk = fs.disk()
+    disk.mkdir(staging, exist_ok=True)
     out: list[Path] = []
     try:
         for entry, data in files:
             tmp = staging / f"{STAGING_PREFIX}{uuid.uuid4().hex[:16]}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             out.append(tmp)
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
+                    view = view[disk.write(fd, view) :]
+                disk.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
                 if not durable.GROUPED:
-                    os.fsync(fd)
+                    disk.fsync(fd)
             finally:
-                os.close(fd)
+                disk.close(fd)
             if entry.mtime_ns:
-                os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-        durable.flush(staging)
+                disk.utime(tmp, (entry.mtime_ns, entry.mtime_ns))
+        disk.flush(staging)
     except BaseException:
         for tmp in out:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                disk.unlink(tmp)
         raise
     return out
 
 
 def _flush_names(root: Path, folders: set[Path]) -> None:
     """Make renames into these folders durable."""
-    if not durable.flush(root):
+    if not fs.disk().flush(root):
         for folder in folders:
-            durable.fsync_dir(folder)
+            fs.disk().fsync_dir(folder)

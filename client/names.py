@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from client import fs
 from client.planner import Node
 
 FORCE_ENV = "FERRY_CASE_INSENSITIVE"  # "1"/"0": skip the probe (odd mounts, and tests on Linux)
@@ -38,14 +39,15 @@ def probe_case_insensitive(folder: Path) -> bool:
     forced = os.environ.get(FORCE_ENV)
     if forced in ("0", "1"):
         return forced == "1"
+    disk = fs.disk()
     name = f".ferry-probe-{uuid.uuid4().hex}-Aa"
     probe = folder / name
-    probe.touch()
+    disk.write_bytes(probe, b"")
     try:
-        return (folder / name.swapcase()).exists()
+        return disk.exists(folder / name.swapcase())
     finally:
         with contextlib.suppress(FileNotFoundError):
-            probe.unlink()
+            disk.unlink(probe)
 
 
 @functools.lru_cache(maxsize=1 << 17)  # every remote path, every cycle, on a folding disk
@@ -82,7 +84,4 @@ def clashes(tree: Mapping[str, Node]) -> list[tuple[str, str]]:
 
 def same_file(a: Path, b: Path) -> bool:
     """Are ``a`` and ``b`` one file (two spellings of its name on a folding filesystem)?"""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    return fs.disk().samefile(a, b)

@@ -171,10 +171,10 @@ def conflict_name(path: str, device: str, when: datetime.datetime) -> str:
     """``/d/report.txt`` → ``/d/report (conflicted copy from laptop 2026-11-24 101502).txt``."""
     device = "".join("-" if c in "/\\" or not c.isprintable() else c for c in device)
     device = unicodedata.normalize("NFC", device)[:40] or "unknown device"
-    return _with_suffix(path, f" (conflicted copy from {device} {when:%Y-%m-%d %H%M%S})")
+    return with_suffix(path, f" (conflicted copy from {device} {when:%Y-%m-%d %H%M%S})")
 
 
-def _with_suffix(path: str, suffix: str) -> str:
+def with_suffix(path: str, suffix: str) -> str:
     """Insert ``suffix`` before the name's extension, shortening the stem to keep
     the name within :data:`MAX_NAME_BYTES`. A dotfile (``.bashrc``) or a name
     without a dot has no extension."""
@@ -428,7 +428,7 @@ class _Plan:
         name, n = self.conflict_name(path), 1
         while self._taken(name):
             n += 1
-            name = _with_suffix(self.conflict_name(path), f" {n}")
+            name = with_suffix(self.conflict_name(path), f" {n}")
         self.named.add(name)
         return name
 

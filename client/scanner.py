@@ -10,7 +10,6 @@ and kept out of this round's plan, never taken for deleted.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import stat as st
@@ -22,14 +21,14 @@ from pathlib import Path
 
 import pathspec
 
-from client.names import same_file
-from client.planner import Node
+from client import fs
+from client.planner import Node, with_suffix
 from client.state import Observed
 from client.transfer import KnownBlocks
 from protocol.chunking import chunk_stream
 from protocol.errors import ProtocolError
 from protocol.hashing import content_hash
-from protocol.paths import validate_path
+from protocol.paths import name_of, validate_path
 
 SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
@@ -57,7 +56,7 @@ class Scan:
 def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
     lines = list(BUILTIN_IGNORES)
     try:
-        lines += (root / IGNORE_FILE).read_text(errors="replace").splitlines()
+        lines += fs.disk().read_bytes(root / IGNORE_FILE).decode(errors="replace").splitlines()
     except OSError:
         pass
     return pathspec.GitIgnoreSpec.from_lines(lines)
@@ -65,7 +64,7 @@ def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
 
 def hash_file(path: Path, blocks: list[tuple[int, int, bytes]] | None = None) -> bytes:
     """The file's content hash; ``blocks`` (if given) gets each block's (offset, size, hash)."""
-    with open(path, "rb", buffering=0) as f:
+    with fs.disk().open_read(path) as f:
         if blocks is None:
             return content_hash(b.hash for b in chunk_stream(f))
         blocks.extend((b.offset, b.length, b.hash) for b in chunk_stream(f))
@@ -93,34 +92,36 @@ def _walk(
     conflict_name: Callable[[str], str], now: float, out: Scan, shallow: frozenset[str] | set[str] = frozenset(),
 ) -> None:  # fmt: skip
     """``shallow``: subfolders recorded but not entered (``rescan`` keeps what it knew of them)."""
+    disk = fs.disk()
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted(disk.listdir(folder))
     except OSError as e:
         out.skipped[prefix] = f"unreadable folder: {e.strerror}"
         return
     seen: set[str] = set()
-    for entry in entries:
-        name = entry.name
+    for name in entries:
         nfc = unicodedata.normalize("NFC", name)
-        if nfc != name and nfc not in seen and same_file(folder / name, folder / nfc):
+        if nfc != name and nfc not in seen and disk.samefile(folder / name, folder / nfc):
             pass  # a normalising filesystem (macOS) lists the NFC name decomposed: one file, no twin
         elif nfc != name or nfc in seen:
             # another form of a name already here (NFC vs NFD): keep both, rename this one
-            target = nfc if nfc not in seen and not (folder / nfc).exists() else conflict_name(prefix + nfc)
-            target = target.rsplit("/", 1)[-1]
-            os.rename(entry.path, folder / target)
-            out.renamed.append((prefix + name, prefix + target))
+            if nfc not in seen and not disk.exists(folder / nfc):
+                target = nfc
+            else:
+                target = _free_name(folder, _join(prefix, nfc), conflict_name)
+            disk.rename(folder / name, folder / target)
+            out.renamed.append((_join(prefix, name), _join(prefix, target)))
             name = target
             nfc = unicodedata.normalize("NFC", target)
         seen.add(nfc)
-        path = (prefix if prefix == "/" else prefix + "/") + nfc
+        path = _join(prefix, nfc)
         try:
             validate_path(path)
         except ProtocolError as e:
             out.skipped[path] = f"name cannot be synced: {e.message}"
             continue
         try:
-            info = os.lstat(folder / name)
+            info = disk.lstat(folder / name)
         except OSError as e:
             out.skipped[path] = f"vanished or unreadable: {e.strerror}"
             continue
@@ -139,6 +140,20 @@ def _walk(
             _file(folder / name, path, info, known.get(path) or _renamed(known, info), now, out)
         else:
             out.skipped[path] = "not a regular file (device, socket or pipe)"
+
+
+def _join(folder: str, name: str) -> str:
+    return (folder if folder == "/" else folder + "/") + name
+
+
+def _free_name(folder: Path, path: str, conflict_name: Callable[[str], str]) -> str:
+    """A conflicted name for ``path`` that nothing in ``folder`` has yet (renaming
+    onto a name taken would replace that file: a twin renamed twice in one second)."""
+    name, n = name_of(conflict_name(path)), 1
+    while fs.disk().exists(folder / name):
+        n += 1
+        name = name_of(with_suffix(conflict_name(path), f" {n}"))
+    return name
 
 
 class _ByInode(dict[str, Observed]):
@@ -164,41 +179,20 @@ def _renamed(known: Mapping[str, Observed], info: os.stat_result) -> Observed | 
 def settle_left(disk: Path | str, mtime_ns: int, now: float) -> float:
     """Seconds until the file at ``disk`` counts as written in full: none once it
     was left alone for ``SETTLE_S``, or as soon as no process has it open for
-    writing (where the system can tell: :func:`_writers_gone`). So a save that
+    writing (where the system can tell: :meth:`client.fs.Disk.writers_gone`). So a save that
     closed its file is synced at once, and a writer that pauses with the file
     open is waited for."""
     left = mtime_ns / 1e9 + SETTLE_S - now
-    return 0.0 if left <= 0 or _writers_gone(disk) else left
+    return 0.0 if left <= 0 or fs.disk().writers_gone(disk) else left
 
 
 def enable_writer_checks() -> None:
-    """Let :func:`_writers_gone` use Linux file leases in this process. Taking a
+    """Let :meth:`client.fs.OsDisk.writers_gone` use Linux file leases in this process. Taking a
     lease arms a signal (SIGIO, fatal by default) for when another process opens
     the file for writing meanwhile; the lease is dropped at once, so the signal
     is only to be ignored. Call from the main thread; elsewhere nothing changes."""
     with contextlib.suppress(ValueError, AttributeError):  # not the main thread; not Linux
         signal.signal(signal.SIGIO, signal.SIG_IGN)
-
-
-def _writers_gone(disk: Path | str) -> bool:
-    """True if no process has the file open for writing: the kernel grants a read
-    lease only then (fcntl(2), F_SETLEASE). False when that cannot be told (not
-    Linux, not the file's owner, a filesystem without leases, writer checks not
-    enabled): then only the settle time says."""
-    if getattr(signal, "SIGIO", None) is None or signal.getsignal(signal.SIGIO) != signal.SIG_IGN:
-        return False
-    try:
-        fd = os.open(disk, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return True
-    except OSError:  # EAGAIN: open for writing somewhere; EACCES, EINVAL: cannot tell
-        return False
-    finally:
-        os.close(fd)
 
 
 def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, now: float, out: Scan) -> None:
@@ -213,7 +207,7 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
         found: list[tuple[int, int, bytes]] | None = [] if info.st_size > KEEP_BLOCKS_OVER else None
         try:
             digest = hash_file(disk, found)
-            after = os.stat(disk)
+            after = fs.disk().stat(disk)
         except OSError as e:
             out.skipped[path] = f"vanished or unreadable: {e.strerror}"
             return
@@ -297,7 +291,7 @@ def _to_list(root: Path, path: str, is_folder: bool, spec: pathspec.GitIgnoreSpe
 
 def _is_folder(disk: Path) -> bool:
     try:
-        return st.S_ISDIR(os.lstat(disk).st_mode)
+        return st.S_ISDIR(fs.disk().lstat(disk).st_mode)
     except OSError:
         return False
 

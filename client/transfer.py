@@ -17,14 +17,14 @@ import functools
 import os
 import secrets
 import stat as stat_mod
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from client import durable
+from client import fs
+from client.clock import Clock, SystemClock
 from client.home import Credentials
 from client.transport import Connection, ConnectionLost, backoff_delays, connect
 from protocol import failpoints
@@ -38,6 +38,7 @@ Progress = Callable[[int], None]  # called with bytes just moved
 BATCH = 8  # blocks per "which are missing?" query
 HELD = 16  # blocks read but not yet sent, at most (bounds memory)
 STAGING_PREFIX = ".ferry-tmp-"
+Dial = Callable[[], Awaitable[Connection]]  # opens a connection (retrying while the server is away)
 
 
 class BlockSource(Protocol):
@@ -75,9 +76,12 @@ class Remote:
     """A connection that comes back: runs operations, reconnecting with
     exponential backoff and jitter for up to ``retry_for`` seconds."""
 
-    def __init__(self, creds: Credentials, retry_for: float = 60.0) -> None:
+    def __init__(self, creds: Credentials, retry_for: float = 60.0, *, dial: Dial | None = None,
+                 clock: Clock | None = None) -> None:  # fmt: skip
         self.creds = creds
         self.retry_for = retry_for
+        self.dial = dial or (lambda: connect(creds.server, creds.token, retry_for))
+        self.clock = clock or SystemClock()
         self.conn: Connection | None = None
         self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None  # pushes
         self.on_closed: Callable[[], None] | None = None
@@ -86,7 +90,7 @@ class Remote:
     async def connection(self) -> Connection:
         async with self._connecting:
             if self.conn is None:
-                conn = await connect(self.creds.server, self.creds.token, self.retry_for)
+                conn = await self.dial()
                 conn.on_changed = self.on_changed
                 conn.on_closed = self.on_closed
                 self.conn = conn
@@ -96,7 +100,7 @@ class Remote:
         """Run ``op``, again after a dropped connection or while the server
         answers ``unavailable`` (its database or block store is away for a
         moment): operations are idempotent, commits carry their key."""
-        deadline = time.monotonic() + self.retry_for
+        deadline = self.clock.monotonic() + self.retry_for
         delays = backoff_delays()
         while True:
             try:
@@ -107,12 +111,12 @@ class Remote:
                         await self.conn.close()
                     self.conn = None
                 delay = next(delays)
-                if time.monotonic() + delay > deadline:
+                if self.clock.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
             except ProtocolError as e:
                 delay = next(delays)
-                if e.code != ErrorCode.UNAVAILABLE or time.monotonic() + delay > deadline:
+                if e.code != ErrorCode.UNAVAILABLE or self.clock.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
 
@@ -133,7 +137,7 @@ class _Plan:
 
 
 def _blocks(path: Path) -> Generator[tuple[int, int, bytes, bytes], None, None]:
-    with open(path, "rb", buffering=0) as f:
+    with fs.disk().open_read(path) as f:
         for b in chunk_stream(f):
             yield b.offset, b.length, b.hash, bytes(b.data)
 
@@ -164,7 +168,7 @@ async def _send_blocks(conn: Connection, src: Path, plan: _Plan, progress: Progr
         async with asyncio.TaskGroup() as group:
             while True:
                 await held.acquire()
-                item = await asyncio.to_thread(next, it, sentinel)
+                item = await fs.disk().run(next, it, sentinel)
                 if item is sentinel:
                     held.release()
                     break
@@ -199,7 +203,7 @@ def _query(req_id: int, hashes: list[bytes]) -> m.QueryBlocks:
 
 
 def _read_block(fd: int, offset: int, size: int, expected: bytes, src: Path) -> bytes:
-    data = os.pread(fd, size, offset)
+    data = fs.disk().pread(fd, size, offset)
     if len(data) != size or block_hash(data) != expected:
         raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; it will be sent again")
     return data
@@ -214,7 +218,8 @@ async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progre
         part = unique[i : i + 1000]
         reply = await conn.call(functools.partial(_query, hashes=part), m.BlocksMissing)
         missing.update(reply.missing)
-    fd = os.open(src, os.O_RDONLY)
+    disk = fs.disk()
+    fd = disk.open(src, os.O_RDONLY)
     try:
         slots = asyncio.Semaphore(HELD)
         first: dict[bytes, tuple[int, int]] = {}
@@ -226,21 +231,21 @@ async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progre
 
         async def one(h: bytes, offset: int, size: int) -> None:
             async with slots:
-                data = await asyncio.to_thread(_read_block, fd, offset, size, h, src)
+                data = await disk.run(_read_block, fd, offset, size, h, src)
                 await conn.put_block(h, data)
                 plan.sent += size
                 progress(size)
 
         await gather_all([one(h, offset, size) for h, (offset, size) in first.items()])
     finally:
-        os.close(fd)
+        disk.close(fd)
 
 
 async def _resend(conn: Connection, src: Path, plan: _Plan, missing: list[str]) -> None:
     """The server lost or never got some blocks the commit names: read them
     again by offset and send them."""
     want = {bytes.fromhex(h) for h in missing}
-    with open(src, "rb") as f:
+    with fs.disk().open_read(src) as f:
         for offset, size, h in zip(plan.offsets, plan.sizes, plan.hashes, strict=True):
             if h in want:
                 f.seek(offset)
@@ -272,7 +277,7 @@ async def send_file(
     the file's blocks as a scan just found them (for that stat), so the file
     is not chunked a second time: only the missing blocks are read, each
     hash-checked as it is read."""
-    st = os.stat(src)
+    st = fs.disk().stat(src)
     if not stat_mod.S_ISREG(st.st_mode):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
     plan = _Plan()
@@ -288,7 +293,7 @@ async def send_file(
         await _send_blocks(conn, src, plan, progress)
 
     await remote.run(send)
-    after = os.stat(src)
+    after = fs.disk().stat(src)
     if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino) or sum(
         plan.sizes
     ) != st.st_size:
@@ -340,7 +345,7 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tup
 def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes, checked: bool = False) -> None:
     if not checked and block_hash(data) != expected:
         raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
-    os.pwrite(fd, data, offset)
+    fs.disk().pwrite(fd, data, offset)
 
 
 @dataclass
@@ -363,7 +368,7 @@ class LocalCopy:
 
 def _read_local(fd: int, offset: int, size: int, expected: bytes) -> bytes | None:
     """The block at ``offset`` of a local file, or None if it is not (any more) the one expected."""
-    data = os.pread(fd, size, offset)
+    data = fs.disk().pread(fd, size, offset)
     return data if len(data) == size and block_hash(data) == expected else None
 
 
@@ -387,11 +392,12 @@ async def fetch(
         raise ProtocolError(
             ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash"
         )
+    disk = fs.disk()
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     done: set[int] = set()
     try:
-        os.ftruncate(fd, entry.size)
+        disk.ftruncate(fd, entry.size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, window)
@@ -408,7 +414,7 @@ async def fetch(
                 async with slots:
                     ref = entry.blocks[i]  # type: ignore[index]
                     data = await get_block(ref.hash)
-                    await asyncio.to_thread(_write_at, fd, data, offsets[i], ref.hash, source is not None)
+                    await disk.run(_write_at, fd, data, offsets[i], ref.hash, source is not None)
                     done.add(i)
                     failpoints.hit("client.download.block")
                     progress(ref.size)
@@ -419,16 +425,16 @@ async def fetch(
 
         await remote.run(fetch_all)
         mode = 0o755 if entry.executable else 0o644
-        await asyncio.to_thread(_seal, fd, mode, entry.mtime_ns, tmp)
+        await disk.run(_seal, fd, mode, entry.mtime_ns, tmp)
         fd = -1
         return tmp
     finally:
         if source is not None:
             source.released(tmp)
         if fd >= 0:
-            os.close(fd)
+            disk.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                disk.unlink(tmp)
 
 
 async def _copy_local(
@@ -443,8 +449,9 @@ async def _copy_local(
     """Fill in the blocks ``local`` has (marking them done); a block that cannot
     be read or no longer hashes right is left for the network."""
     have = local.offsets()
+    disk = fs.disk()
     try:
-        src = os.open(local.path, os.O_RDONLY)
+        src = disk.open(local.path, os.O_RDONLY)
     except OSError:
         return
     slots = asyncio.Semaphore(window)
@@ -452,9 +459,9 @@ async def _copy_local(
     async def one(i: int, ref: m.BlockRef) -> None:
         at, size = have[ref.hash]
         async with slots:
-            data = await asyncio.to_thread(_read_local, src, at, size, ref.hash)
+            data = await disk.run(_read_local, src, at, size, ref.hash)
             if data is not None:
-                await asyncio.to_thread(os.pwrite, fd, data, offsets[i])
+                await disk.run(disk.pwrite, fd, data, offsets[i])
                 done.add(i)
                 progress(ref.size)
 
@@ -463,33 +470,34 @@ async def _copy_local(
     except OSError:
         pass  # the rest comes from the server
     finally:
-        os.close(src)
+        disk.close(src)
 
 
 def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:
+    disk = fs.disk()
     try:
-        os.fchmod(fd, mode & ~UMASK)
-        os.fsync(fd)
+        disk.fchmod(fd, mode & ~UMASK)
+        disk.fsync(fd)
     finally:
-        os.close(fd)
+        disk.close(fd)
     if mtime_ns:
-        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        disk.utime(tmp, (mtime_ns, mtime_ns))
 
 
 def place(tmp: Path, dest: Path) -> None:
     """Atomically rename a fetched file into place and make the rename durable."""
-    os.replace(tmp, dest)
-    durable.fsync_dir(dest.parent)
+    fs.disk().replace(tmp, dest)
+    fs.disk().fsync_dir(dest.parent)
 
 
 async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress) -> None:
     """``ferry get``: fetch beside ``dest`` and rename into place; ``dest`` is never half-written."""
     tmp = await fetch(remote, entry, dest.parent, progress)
     try:
-        await asyncio.to_thread(place, tmp, dest)
+        await fs.disk().run(place, tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            fs.disk().unlink(tmp)
         raise
 
 

@@ -214,6 +214,9 @@ class Delete(Message):
     path: str
     parent: int | None = None  # if set, path must still be at this version
     ns: int | None = None
+    # if set, nothing at or below path may be a newer version than this (version ids only grow):
+    # a folder is not deleted with a file put in it since the sender last looked
+    newest: int | None = None
 
 
 # --- replies and pushes ----------------------------------------------------

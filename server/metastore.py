@@ -483,7 +483,13 @@ class MetaStore:
         return await self._change(who, key, ns, change)
 
     async def delete(
-        self, who: Principal, key: str, ns: int | None, path: str, parent: int | None
+        self,
+        who: Principal,
+        key: str,
+        ns: int | None,
+        path: str,
+        parent: int | None,
+        newest: int | None = None,
     ) -> tuple[int, Entry]:
         if path == "/":
             raise ProtocolError(ErrorCode.BAD_PATH, "the root folder cannot be deleted")
@@ -494,8 +500,11 @@ class MetaStore:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"{path}: no such file or folder")
             if parent is not None and head.version != parent:
                 raise _conflict(path, head, "changed on the server since your version")
+            children = await tx.subtree(path)
+            if newest is not None and any(c.version > newest for c in children):
+                raise _conflict(path, head, "something in it changed on the server since you looked")
             # descendants first, deepest first, then the entry itself
-            for child in reversed(await tx.subtree(path)):
+            for child in reversed(children):
                 await tx.write_from(child, path=child.path, deleted=True)
             return await tx.write_from(head, path=path, deleted=True)
 
@@ -731,7 +740,9 @@ class _NewVersion:
 
 
 # an Argon2 hash (default parameters) of a password nobody has, for unknown users
-_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$rP9nHTS4s7SgeQ9bt3YSNg$Z2qThojX4FLvH6E3TT1g2vtTI2CAv1C49qHhiAp4W4k"
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$rP9nHTS4s7SgeQ9bt3YSNg$Z2qThojX4FLvH6E3TT1g2vtTI2CAv1C49qHhiAp4W4k"
+)
 # a block a GC was killed deleting may be gone from the store: not stored (server.gc)
 _NOT_DOOMED = "NOT EXISTS (SELECT 1 FROM gc_doomed d WHERE d.hash = b.hash)"
 

@@ -368,8 +368,8 @@ class Session:
                 case m.Move(id=i, key=key, src=src, dst=dst, parent=parent, ns=ns):
                     seq, entry = await meta.move(who, key, ns, validate_path(src), validate_path(dst), parent)
                     return m.Committed(i, seq, entry)
-                case m.Delete(id=i, key=key, path=p, parent=parent, ns=ns):
-                    seq, entry = await meta.delete(who, key, ns, validate_path(p), parent)
+                case m.Delete(id=i, key=key, path=p, parent=parent, ns=ns, newest=newest):
+                    seq, entry = await meta.delete(who, key, ns, validate_path(p), parent, newest)
                     return m.Committed(i, seq, entry)
                 case m.History() | m.GetVersion() | m.ListDeleted() | m.Snapshot() | m.Restore() | m.Rewind():
                     return await versions.handle(meta, who, msg)

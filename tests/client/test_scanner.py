@@ -72,3 +72,21 @@ def test_a_fresh_file_is_complete_once_no_one_has_it_open_for_writing(tmp_path: 
             assert scanner.settle_left(f, mtime, now) == 0
     finally:
         signal.signal(signal.SIGIO, before)
+
+
+def test_an_nfd_twin_is_renamed_beside_it_onto_a_free_name(tmp_path: Path) -> None:
+    """Found by the simulation (tests/sim, seed 596): a second NFD twin renamed in the
+    same second took the first one's conflicted name, replacing that file; and in a
+    subfolder the name was glued to the folder's ("/A/Ccafé ...")."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    nfc, nfd = "caf\u00e9.md", "cafe\u0301.md"
+    (folder / nfc).write_bytes(b"the NFC one")
+    (folder / "caf\u00e9.md (conflicted)").write_bytes(b"an earlier twin, renamed before")
+    (folder / nfd).write_bytes(b"the NFD twin")
+    found = scan(tmp_path, {}, _name)
+    assert (folder / "caf\u00e9.md (conflicted)").read_bytes() == b"an earlier twin, renamed before"
+    second = "caf\u00e9 2.md (conflicted)"  # (the numbering goes before what looks like an extension)
+    assert sorted(os.listdir(folder)) == sorted([nfc, "caf\u00e9.md (conflicted)", second])
+    assert (folder / second).read_bytes() == b"the NFD twin"
+    assert found.renamed == [("/A/" + nfd, "/A/" + second)]

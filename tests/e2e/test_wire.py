@@ -413,6 +413,27 @@ class TestCommit:
             assert (now.version, now.size, now.content_hash) == (v2.version, v2.size, v2.content_hash)
             assert [e.version for e in await all_changes(ws)] == [v1.version, v2.version]
 
+    async def test_folder_delete_refused_when_something_newer_is_inside(self, srv: FerryServer) -> None:
+        """A device deletes a folder as it last saw it: a file put in it meanwhile by
+        another device (a newer version than any it saw) makes that a conflict, not a
+        silent delete of a file it never saw (found by the simulation: tests/sim)."""
+        async with await session(srv, await new_user(srv, "alice")) as ws:
+            folder = (await call(ws, m.Mkdir(id=nid(), key=key(), path="/d"))).entry
+            seen = (await upload_and_commit(ws, "/d/seen.txt", b"seen")).entry
+            await upload_and_commit(ws, "/d/new.txt", b"put here meanwhile")
+            reply = await call(
+                ws, m.Delete(id=nid(), key=key(), path="/d", parent=folder.version, newest=seen.version)
+            )
+            err(reply, ErrorCode.CONFLICT)
+            assert (await stat(ws, "/d/new.txt")).entry.kind == "file"
+
+            newest = (await stat(ws, "/d/new.txt")).entry.version
+            done = await call(
+                ws, m.Delete(id=nid(), key=key(), path="/d", parent=folder.version, newest=newest)
+            )
+            assert isinstance(done, m.Committed), done
+            err(await stat(ws, "/d/new.txt"), ErrorCode.NOT_FOUND)
+
     async def test_batch_commit_fails_per_file_and_applies_once(self, srv: FerryServer) -> None:
         async with await session(srv, await new_user(srv, "alice")) as ws:
             v1 = (await upload_and_commit(ws, "/taken.txt", b"already here")).entry

@@ -15,9 +15,9 @@ and renamed into place only when whole.
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 
+from client.fs import Disk
 from client.output import human_size
 
 FLOOR_BYTES = 64 * 1024 * 1024
@@ -25,10 +25,10 @@ FLOOR_SHARE = 0.05
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def room(folder: Path) -> int:
+def room(disk: Disk, folder: Path) -> int:
     """Bytes downloads may still take on ``folder``'s filesystem (free space above the floor)."""
-    usage = shutil.disk_usage(folder)
-    return usage.free - min(FLOOR_BYTES, int(usage.total * FLOOR_SHARE))
+    total, free = disk.disk_usage(folder)
+    return free - min(FLOOR_BYTES, int(total * FLOOR_SHARE))
 
 
 def held_back(needed: int, left: int) -> str:

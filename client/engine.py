@@ -303,7 +303,7 @@ class Engine:
                 held[action.path] = "not uploaded: storage quota exceeded"
             elif isinstance(action, p.Download):
                 size = self._size_of(action)
-                room = diskspace.room(self.root) if room is None else room
+                room = diskspace.room(self.fs, self.root) if room is None else room
                 if size > room:
                     not_down[action.path] = diskspace.held_back(size, room)
                 else:

@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import fcntl
 import os
+import shutil
 import signal
 import stat as st
 from collections.abc import Callable, Iterator
@@ -73,6 +74,7 @@ class Disk(Protocol):
     def flush(self, path: PathLike) -> bool: ...
     def fsync_dir(self, path: PathLike) -> None: ...
     def writers_gone(self, path: PathLike) -> bool: ...
+    def disk_usage(self, path: PathLike) -> tuple[int, int]: ...  # (total, free) bytes
     async def run(self, fn: Callable[..., R], *args: object) -> R: ...
 
 
@@ -99,6 +101,11 @@ class OsDisk:
     @staticmethod
     def flush(path: PathLike) -> bool:
         return durable.flush(Path(path))
+
+    @staticmethod
+    def disk_usage(path: PathLike) -> tuple[int, int]:
+        usage = shutil.disk_usage(path)
+        return usage.total, usage.free
 
     @staticmethod
     def fsync_dir(path: PathLike) -> None:

@@ -327,6 +327,10 @@ class MemDisk:
     def fsync_dir(self, path: object) -> None:
         self.barrier()
 
+    def disk_usage(self, path: object) -> tuple[int, int]:
+        total = self.capacity if self.capacity is not None else 1 << 40
+        return total, max(total - self._used(), 0)
+
     def writers_gone(self, path: object) -> bool:
         return True  # every write here is whole between two awaits: nobody holds a file open
 

@@ -41,6 +41,7 @@ REGRESSIONS = {
     (596, 1): "a second NFD twin renamed in the same second replaced the first one's conflicted copy",
     (945, 1): "on a case-insensitive disk a server move onto a name differing only in case from another "
     "file was skipped, yet recorded as done; the next cycle deleted the moved file on the server",
+    (1280, 1): "the same as seed 945, which later engine changes (LAN, disk-full handling) steer past it",
     (29, 2): "a shared folder's mount point renamed locally: the refused move left the rest of the plan "
     "downloading into the renamed copy, one level deeper every cycle, without end",
     (131, 2): "a shared folder that went away: files other devices uploaded there as their own were "
@@ -105,7 +106,8 @@ def test_regression_seeds_fail_without_their_fixes(monkeypatch: pytest.MonkeyPat
 
     with monkeypatch.context() as undo:
         undo.setattr(Engine, "_move_local", as_before)
-        assert any("I5" in v for v in world.run(945, scenario=1).violations)
+        # seed 945 found it; since the LAN and disk-full merges it takes another path, 1280 still hits it
+        assert any("I5" in v for v in world.run(1280, scenario=1).violations)
 
 
 @pytest.mark.skipif(not REPLAY, reason="set FERRY_SIM_SEED=a,b to replay seeds")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.engine import Engine
+from client.engine import Engine, SyncError
 from client.home import Credentials
 from client.transfer import Remote
 from client.transport import ConnectionLost
@@ -327,8 +327,11 @@ class World:
             try:
                 done = await engine.run_once()
             except Exception as e:  # offline for longer than RETRY_FOR, a full disk, or a bug
-                expected = isinstance(e, ConnectionLost) or (
-                    isinstance(e, OSError) and e.errno == errno.ENOSPC
+                full = c.disk.capacity is not None  # the client must say so, and may stop
+                expected = (
+                    isinstance(e, ConnectionLost)
+                    or (full and isinstance(e, OSError) and e.errno == errno.ENOSPC)
+                    or (full and isinstance(e, SyncError) and "is full" in str(e))
                 )
                 if not expected:
                     self.violations.append(f"c{c.n}: sync raised {type(e).__name__}: {e}")

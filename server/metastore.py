@@ -723,7 +723,9 @@ class _NewVersion:
 
 
 # an Argon2 hash (default parameters) of a password nobody has, for unknown users
-_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$rP9nHTS4s7SgeQ9bt3YSNg$Z2qThojX4FLvH6E3TT1g2vtTI2CAv1C49qHhiAp4W4k"
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$rP9nHTS4s7SgeQ9bt3YSNg$Z2qThojX4FLvH6E3TT1g2vtTI2CAv1C49qHhiAp4W4k"
+)
 
 
 async def usage(conn: Any, user_id: int) -> int:

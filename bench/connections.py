@@ -1,6 +1,6 @@
 """Idle connections on one server process: memory, and one change's fan-out.
 
-    .venv/bin/python bench/connections.py [--connections 10000] [--workers 4] [--devices 10]
+    .venv/bin/python bench/connections.py [--connections 10000] [--workers 4] [--devices 10] [--idle 70]
 
 Starts one `ferry server` (real PostgreSQL: 127.0.0.1:5432 or
 $FERRY_TEST_DATABASE_URL, else embedded; connection bounds lifted), logs one
@@ -168,7 +168,12 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--devices", type=int, default=10)
-    p.add_argument("--idle", type=float, default=20.0, help="seconds to measure the idle server's CPU")
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=70.0,
+        help="seconds idle before the commit (the server freezes old objects out of the GC each minute); its CPU is measured meanwhile",
+    )
     p.add_argument("--worker", nargs=3, metavar=("URL", "COUNT", "OFFSET"), help=argparse.SUPPRESS)
     args = p.parse_args()
     raise_open_files_limit()

@@ -7,7 +7,7 @@ closed); replies later than 1 s (the aim) are counted and printed, and one
 later than ``FERRY_FUZZ_HANG_SECONDS`` (default 5: a hang, not a slow
 machine) fails the test; no reply is an internal error; the server's
 RSS stays bounded; the client's files reach the server and the server's
-files reach the client. ``FERRY_FUZZ_SECONDS`` (default 20) and
+files reach the client. ``FERRY_FUZZ_SECONDS`` (default 15) and
 ``FERRY_FUZZ_SEED`` (default 1) set the campaign; results go to stdout
 (run with ``-s``) for RELIABILITY.md.
 """
@@ -32,7 +32,7 @@ from tests.e2e.test_wire import TIMEOUT, add_user, login, nid, recv, session, st
 from tests.support.servers import Device, FerryServer
 from tests.support.wirefuzz import FrameFuzzer
 
-SECONDS = float(os.environ.get("FERRY_FUZZ_SECONDS", "20"))
+SECONDS = float(os.environ.get("FERRY_FUZZ_SECONDS", "15"))
 SEED = int(os.environ.get("FERRY_FUZZ_SEED", "1"))
 CONNECTIONS = 12
 REPLY_AIM = 1.0  # the requirement: replies over this are counted and printed

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, bounds, db, gc, links, metrics, ws
+from server import api, bounds, db, gc, links, memory, metrics, ws
 from server.blockstore import open_block_store
 from server.config import Settings
 from server.lan import LanAuthority
@@ -52,9 +52,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         collector = (
             asyncio.create_task(gc.run_periodically(pool, blocks, settings)) if settings.gc_every else None
         )
+        freezer = asyncio.create_task(memory.keep_old_objects_out_of_gc())
         try:
             yield
         finally:
+            freezer.cancel()
             if collector is not None:
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -43,8 +43,10 @@ def serve(settings: Settings) -> int:
         ws=os.environ.get("FERRY_WS_IMPL") or ShortCloseProtocol,
         ws_max_size=settings.max_frame,
         ws_per_message_deflate=False,  # block frames are incompressible; no deflate bombs
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        # no WebSocket-level pings: the protocol's own ping and --idle-timeout
+        # find dead peers (whichever ws implementation runs), and a ping task
+        # per connection was a third of the server's CPU with 6,000 idle ones
+        ws_ping_interval=None,
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",

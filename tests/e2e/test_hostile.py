@@ -22,8 +22,7 @@ from websockets.exceptions import InvalidStatus
 
 from protocol import framing
 from protocol import messages as m
-from tests.e2e.test_wire import (  # noqa: F401  (srv is a fixture)
-    srv,
+from tests.e2e.test_wire import (
     TIMEOUT,
     add_user,
     all_changes,
@@ -40,6 +39,11 @@ from tests.e2e.test_wire import (  # noqa: F401  (srv is a fixture)
 from tests.support.servers import FerryServer
 
 OTHER_IP = "127.0.0.2"  # a second client address on the loopback interface
+
+
+@pytest.fixture
+def srv(make_server: Callable[..., FerryServer]) -> FerryServer:
+    return make_server("file")
 
 
 async def refused(server: FerryServer, token: str | None, **kw: Any) -> tuple[int, str]:

@@ -127,7 +127,6 @@ class Client:
     home: Path
     creds: Credentials
     task: asyncio.Task[bool] | None = None
-    engine: Engine | None = None
     syncs: int = 0
 
     @property
@@ -149,7 +148,6 @@ class World:
         self.ops = ops
         self.setup = setup
         self.rng = random.Random(seed * 7919 + 1)  # the world's own choices (network, contents)
-        self.loop: SimLoop | None = None
         self.clock: SimClock | None = None
         self.server = SimServer()
         self.net = Network(self.server, self.rng, setup.faults)
@@ -323,7 +321,7 @@ class World:
         held = self._held(c, viewer)
 
         async def sync() -> bool:
-            engine = c.engine = self._engine(c)
+            engine = self._engine(c)
             try:
                 done = await engine.run_once()
             except Exception as e:  # offline for longer than RETRY_FOR, a full disk, or a bug
@@ -542,7 +540,7 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     tmp = Path(tempfile.mkdtemp(prefix=f"ferry-sim-{seed}-", dir=shm))
     world = World(seed, ops, setup, tmp)
     loop = SimLoop()
-    world.loop, world.clock = loop, SimClock(loop)
+    world.clock = SimClock(loop)
     sync_log = logging.getLogger("ferry.sync")
     handler = _ListHandler(world.log)
     level = sync_log.level

@@ -246,6 +246,7 @@ class Engine:
             actions = p.plan(local, remote, synced, self.conflict_name)
             refused = [a.src if isinstance(a, p.MoveRemote) else a.path for a in actions
                        if isinstance(a, p.MoveRemote | p.DeleteRemote) and mounts.held_back(a, self.spaces)]  # fmt: skip
+            refused = [gone for gone in refused if gone in synced]  # not a move-aside of the server's
             if not refused:
                 return actions
             for gone in refused:

@@ -25,10 +25,12 @@ import logging
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ SHARED_FOLDERS = ["", "/A"]
 SCENARIO = 2  # what CI runs; a regression seed replays the scenario that found it
 FINAL_ROUNDS = 8
 RETRY_FOR = 3.0  # s a sync keeps reconnecting before it gives up
+REAL_SECONDS = 60  # a seed takes well under a second; one that runs this long never waits
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,8 @@ class World:
             engine = self._engine(c)
             try:
                 done = await engine.run_once()
+            except Hang:
+                raise
             except Exception as e:  # offline for longer than RETRY_FOR, a full disk, or a bug
                 expected = isinstance(e, ConnectionLost) or (
                     isinstance(e, OSError) and e.errno == errno.ENOSPC
@@ -547,7 +552,8 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     sync_log.setLevel(logging.INFO if log_engine else logging.CRITICAL)
     sync_log.addHandler(handler)
     try:
-        loop.run_until_complete(world.main())
+        with _deadline(REAL_SECONDS):
+            loop.run_until_complete(world.main())
         world.check()
     except Exception as e:  # a crash of the simulation itself is a failure of the seed too
         world.violations.append(f"the simulation raised {type(e).__name__}: {e}")
@@ -564,6 +570,29 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
         f"seed {seed} (scenario {scenario}): {setup.clients} clients, disks {setup.modes}, {setup.faults}"
     ]
     return Result(world.violations, world.snapshot(), header + world.log, figures)
+
+
+class Hang(Exception):
+    """A seed ran for longer than REAL_SECONDS of real time: a loop that never waits."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Raise :class:`Hang` in the main thread after ``seconds`` (elsewhere: no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def hang(*_: object) -> None:
+        raise Hang(f"I7: still running after {seconds} s of real time")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _ListHandler(logging.Handler):

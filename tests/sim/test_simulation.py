@@ -21,11 +21,12 @@ import pytest
 
 from client.engine import Engine
 from tests.sim import world
+from tests.sim.scenario import SCENARIO
 
 SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "1000"))
 CHUNKS = 12
 # "seed" or "seed:scenario", comma-separated
-REPLAY = [(int(s.split(":")[0]), int(s.split(":")[1]) if ":" in s else world.SCENARIO)
+REPLAY = [(int(s.split(":")[0]), int(s.split(":")[1]) if ":" in s else SCENARIO)
           for s in os.environ.get("FERRY_SIM_SEED", "").split(",") if s.strip()]  # fmt: skip
 
 # seeds that found a defect, with the scenario they ran (tests/sim/world.py: SCENARIO) and the defect;
@@ -56,7 +57,7 @@ REGRESSIONS = {
 }
 
 
-def _report(seed: int, scenario: int = world.SCENARIO) -> str:
+def _report(seed: int, scenario: int = SCENARIO) -> str:
     """Shrink the failing seed and describe its smallest failing run."""
     smallest = world.shrink(
         seed, lambda ops: bool(world.run(seed, ops, scenario=scenario).violations), scenario
@@ -69,7 +70,7 @@ def _report(seed: int, scenario: int = world.SCENARIO) -> str:
     return "\n".join(lines)
 
 
-def _check(seeds: range | list[int], scenario: int = world.SCENARIO) -> dict[str, int]:
+def _check(seeds: range | list[int], scenario: int = SCENARIO) -> dict[str, int]:
     totals: dict[str, int] = {}
     for seed in seeds:
         result = world.run(seed, scenario=scenario)

@@ -52,6 +52,8 @@ REGRESSIONS = {
     "was refused, and the clash was never resolved",
     (2011, 2): "(a defect of this branch, never on main) the refused-move re-planning looped for ever on a "
     "server move-aside inside a read-only share",
+    (4654, 2): "on a case-insensitive disk a server move of x.txt to X.txt/café.md/x.txt failed (the way "
+    "ran through the file itself) yet was recorded as made; the next cycle deleted the file on the server",
     (235, 2): "a mount point deleted locally was held back forever: the device never matched the server "
     "again",
 }

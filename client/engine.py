@@ -329,6 +329,7 @@ class Engine:
             actions = p.plan(local, remote, synced, self.conflict_name)
             refused = [a.src if isinstance(a, p.MoveRemote) else a.path for a in actions
                        if isinstance(a, p.MoveRemote | p.DeleteRemote) and mounts.held_back(a, self.spaces)]  # fmt: skip
+            refused = [gone for gone in refused if gone in synced]  # not a move-aside of the server's
             if not refused:
                 return actions
             for gone in refused:
@@ -743,8 +744,12 @@ class Engine:
             case p.DeleteLocal(path=path):
                 self._delete_local(path)
             case p.MoveLocal(src=src, dst=dst):
-                if not self._move_local(src, dst):
-                    self._not_moved.add(dst)
+                moved = False
+                try:
+                    moved = self._move_local(src, dst)
+                finally:
+                    if not moved:  # refused, or failed (a case-insensitive disk: x.txt -> X.txt/x.txt)
+                        self._not_moved.add(dst)
             case p.ConflictCopy(path=path, new_path=new_path):
                 self._conflict_copy(path, new_path)
             case p.Record(path=path):
@@ -891,8 +896,20 @@ class Engine:
         case_only = names.fold(src) == names.fold(dst) and names.same_file(source, target)
         if (self.fs.exists(target) and not case_only) or not self.fs.exists(source):
             return False
-        self.fs.mkdir(target.parent, parents=True, exist_ok=True)
-        self.fs.rename(source, target)
+        if self.case_insensitive and any(names.fold(a) == names.fold(src) for a in ancestors(dst)):
+            # the way to dst runs through src itself (x.txt -> X.txt/x.txt): step aside first
+            # (a crash meanwhile leaves it under an ignored name; the next cycle downloads it again)
+            aside = source.with_name(f"{INTERNAL_PREFIX}move-{uuid.uuid4().hex[:12]}")
+            self.fs.rename(source, aside)
+            try:
+                self.fs.mkdir(target.parent, parents=True, exist_ok=True)
+                self.fs.rename(aside, target)
+            except OSError:
+                self.fs.rename(aside, source)  # back where it was, in sight of the next scan
+                raise
+        else:
+            self.fs.mkdir(target.parent, parents=True, exist_ok=True)
+            self.fs.rename(source, target)
         # the merge base moves with it; not the server's entry at dst, which may be newer
         # (moved and edited there): the Download or Record planned for dst settles that
         self.state.moved(src, dst)

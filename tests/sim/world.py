@@ -2,10 +2,9 @@
 :class:`client.engine.Engine`, each on its own :class:`MemDisk`, behind the
 simulated network) and their users, driven by a list of operations.
 
-The operations (:func:`make_ops`) are drawn from the seed before the run and
-name paths from a small pool (so devices collide); one that does not apply
-when its turn comes (deleting what is not there) does nothing. So any subset
-of a failing list is again a valid run: that is what shrinking needs.
+The operations are drawn from the seed before the run (tests/sim/scenario.py);
+one that does not apply when its turn comes (deleting what is not there)
+does nothing, so any subset of a failing list is again a valid run.
 
 The oracle follows ``tests/e2e/test_sync_model.py``: every write's bytes are
 unique; ``written`` holds every content a user wrote; a content on a device
@@ -25,10 +24,12 @@ import logging
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,75 +45,13 @@ from protocol.hashing import block_hash, content_hash
 from tests.sim.loop import SimClock, SimLoop
 from tests.sim.memdisk import MemDisk
 from tests.sim.network import Faults, Network
+from tests.sim.scenario import SCENARIO, Op, Setup, draw
 from tests.sim.server import OWNER, SHARED_NS, SimServer
 
 ROOT = "/home/user/Ferry"
-FOLDERS = ["", "/A", "/B", "/A/C"]
-NAMES = ["x.txt", "X.txt", "y", "caf\u00e9.md", "cafe\u0301.md", "A", "C"]  # case and NFC/NFD twins
-USER_OPS = ["write", "write", "save", "append", "delete", "rename", "rename", "mkdir", "chmodx"]
-FAULT_OPS = ["lock", "unlock", "full", "unfull", "offline", "online", "crash"]
-# scenario 2 adds a folder another user shares (mounted at /Team), share changes, and that owner's edits
-SHARE_OPS = ["share", "share", "unshare", "role", "owner_write", "owner_write", "owner_delete"]
-SHARED_FOLDERS = ["", "/A"]
-SCENARIO = 2  # what CI runs; a regression seed replays the scenario that found it
 FINAL_ROUNDS = 8
 RETRY_FOR = 3.0  # s a sync keeps reconnecting before it gives up
-
-
-@dataclass(frozen=True)
-class Op:
-    wait: float  # virtual seconds before it
-    kind: str
-    client: int
-    path: str = ""
-    to: str = ""
-
-    def __str__(self) -> str:
-        extra = f" {self.path!a}" if self.path else ""
-        extra += f" -> {self.to!a}" if self.to else ""
-        return f"+{self.wait:.2f}s c{self.client} {self.kind}{extra}"
-
-
-def _path(rng: random.Random, folders: list[str]) -> str:
-    return rng.choice(folders) + "/" + rng.choice(NAMES)
-
-
-def make_ops(rng: random.Random, clients: int, count: int, scenario: int) -> list[Op]:
-    folders = [*FOLDERS, "/Team", "/Team/A"] if scenario >= 2 else FOLDERS
-    ops = []
-    for _ in range(count):
-        c = rng.randrange(clients)
-        roll = rng.random()
-        wait = rng.choice([0.0, 0.0, 0.01, 0.1, 0.5, 2.0])
-        if roll < 0.3:
-            ops.append(Op(wait, "sync", c))
-        elif roll < 0.9:
-            kind = rng.choice(USER_OPS)
-            ops.append(
-                Op(wait, kind, c, _path(rng, folders), _path(rng, folders) if kind == "rename" else "")
-            )
-        elif scenario >= 2 and roll < 0.95:
-            kind = rng.choice(SHARE_OPS)
-            ops.append(Op(wait, kind, c, _path(rng, SHARED_FOLDERS) if kind.startswith("owner") else ""))
-        else:
-            kind = rng.choice(FAULT_OPS)
-            ops.append(Op(wait, kind, c, _path(rng, folders) if kind in ("lock", "unlock") else ""))
-    return ops
-
-
-@dataclass
-class Setup:
-    """What a seed decides besides the operations."""
-
-    clients: int
-    modes: list[str]
-    faults: Faults
-
-    @classmethod
-    def draw(cls, rng: random.Random) -> Setup:
-        clients = rng.choice([2, 3, 3])
-        modes = [rng.choice(["posix", "posix", "nocase", "nfd"]) for _ in range(clients)]
-        return cls(clients, modes, Faults.random(rng))
+REAL_SECONDS = 60  # a seed takes well under a second; one that runs this long never waits
 
 
 def digest(data: bytes) -> bytes:
@@ -127,7 +66,6 @@ class Client:
     home: Path
     creds: Credentials
     task: asyncio.Task[bool] | None = None
-    engine: Engine | None = None
     syncs: int = 0
 
     @property
@@ -149,7 +87,6 @@ class World:
         self.ops = ops
         self.setup = setup
         self.rng = random.Random(seed * 7919 + 1)  # the world's own choices (network, contents)
-        self.loop: SimLoop | None = None
         self.clock: SimClock | None = None
         self.server = SimServer()
         self.net = Network(self.server, self.rng, setup.faults)
@@ -323,9 +260,11 @@ class World:
         held = self._held(c, viewer)
 
         async def sync() -> bool:
-            engine = c.engine = self._engine(c)
+            engine = self._engine(c)
             try:
                 done = await engine.run_once()
+            except Hang:
+                raise
             except Exception as e:  # offline for longer than RETRY_FOR, a full disk, or a bug
                 full = c.disk.capacity is not None  # the client must say so, and may stop
                 expected = (
@@ -527,12 +466,6 @@ def _as_listed(disk: MemDisk, path: str) -> str:
     return unicodedata.normalize("NFC", path) if disk.mode != "posix" else path
 
 
-def draw(seed: int, scenario: int) -> tuple[Setup, list[Op]]:
-    rng = random.Random(seed)
-    setup = Setup.draw(rng)
-    return setup, make_ops(rng, setup.clients, rng.randrange(10, 40), scenario)
-
-
 def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenario: int = SCENARIO) -> Result:
     """Run one seed (with ``ops``, a subset of its operations, when shrinking)."""
     setup, drawn = draw(seed, scenario)
@@ -545,14 +478,15 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
     tmp = Path(tempfile.mkdtemp(prefix=f"ferry-sim-{seed}-", dir=shm))
     world = World(seed, ops, setup, tmp)
     loop = SimLoop()
-    world.loop, world.clock = loop, SimClock(loop)
+    world.clock = SimClock(loop)
     sync_log = logging.getLogger("ferry.sync")
     handler = _ListHandler(world.log)
     level = sync_log.level
     sync_log.setLevel(logging.INFO if log_engine else logging.CRITICAL)
     sync_log.addHandler(handler)
     try:
-        loop.run_until_complete(world.main())
+        with _deadline(REAL_SECONDS):
+            loop.run_until_complete(world.main())
         world.check()
     except Exception as e:  # a crash of the simulation itself is a failure of the seed too
         world.violations.append(f"the simulation raised {type(e).__name__}: {e}")
@@ -569,6 +503,29 @@ def run(seed: int, ops: list[Op] | None = None, log_engine: bool = False, scenar
         f"seed {seed} (scenario {scenario}): {setup.clients} clients, disks {setup.modes}, {setup.faults}"
     ]
     return Result(world.violations, world.snapshot(), header + world.log, figures)
+
+
+class Hang(Exception):
+    """A seed ran for longer than REAL_SECONDS of real time: a loop that never waits."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Raise :class:`Hang` in the main thread after ``seconds`` (elsewhere: no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def hang(*_: object) -> None:
+        raise Hang(f"I7: still running after {seconds} s of real time")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _ListHandler(logging.Handler):

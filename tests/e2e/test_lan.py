@@ -21,6 +21,7 @@ import pytest
 
 from client.lan.identity import load_identity
 from protocol.chunking import chunk_bytes
+from protocol.errors import ProtocolError
 from tests.support.lan import LoopThread, ask, digest, forge, sent, start_peer, tickets, wait_for
 from tests.support.moto_server import free_port
 from tests.support.servers import Device, FerryServer
@@ -173,11 +174,16 @@ def test_peer_serves_only_valid_tickets_for_its_namespaces(lan_server, live, tmp
         fresh = await tickets(bob, me_bob)
         assert len(fresh.spaces) == len(bobs.spaces) - 1
         assert await ask(port, me_bob, fresh.ticket, key, g_block.hash) == "not_found"
-        while time.time() <= bobs.expires_s:
+        # a revoked device gets no new ticket; the one it holds runs out within TTL too
+        device_id = orjson.loads((a2.home / "credentials.json").read_bytes())["device_id"]
+        assert (await asyncio.to_thread(lan_server.admin, "device", "revoke", str(device_id))).returncode == 0
+        with pytest.raises(ProtocolError, match="revoked"):
+            await tickets(a2, me2)
+        while time.time() <= max(bobs.expires_s, alice2.expires_s):
             await asyncio.sleep(0.1)
-        assert await ask(port, me_bob, bobs.ticket, key, g_block.hash) == _refusal(
-            port, refused + "ticket expired"
-        )
+        ran_out = _refusal(port, refused + "ticket expired")
+        assert await ask(port, me_bob, bobs.ticket, key, g_block.hash) == ran_out
+        assert await ask(port, me2, alice2.ticket, key, f_block.hash) == ran_out
 
     asyncio.run(check())
 

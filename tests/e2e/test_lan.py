@@ -336,3 +336,22 @@ def test_lan_port_in_use_falls_back_and_bad_flags_are_refused(lan_server, tmp_pa
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("ferry sync: error:"), (
             r.stderr
         )
+
+
+def test_devices_on_one_machine_find_each_other_on_the_default_port(lan_server, live, tmp_path: Path) -> None:
+    """No --lan-peer: B hears A's broadcast (both on UDP 17500), and A's TCP port
+    17500 may be taken by a device of another test: each serves where it can."""
+    from client.lan.discovery import broadcast_addresses
+
+    if len(broadcast_addresses()) < 2:
+        pytest.skip("no network interface with a broadcast address here (only loopback)")
+    a, b = user(lan_server, tmp_path, "alice", "a", "b")
+    fa, fb = tmp_path / "A", tmp_path / "B"
+    want = write_random(fa / "f.bin", 4 * MiB)
+    live(a, str(fa))
+    wait_for(lambda: synced(a, fa, "f.bin", want) and status(a, fa).get("lan", {}).get("ticket"), 60, "A")
+    b.run("sync", str(fb), "--once", check=True)
+    assert digest(fb / "f.bin") == want
+    lan = status(b, fb)["lan"]
+    assert lan["from_peers"] == 4 * MiB, lan
+    assert any(p["state"] == "connected" and not p["static"] for p in lan["peers"]), lan

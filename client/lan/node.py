@@ -50,7 +50,7 @@ SLOW_BASE = 10.0  # s for the first time out
 REFUSED_PENALTY = 0.5  # s after a refused connection (not started yet? restarting?)
 BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
 SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
-DISCOVERY_GRACE = 0.3  # s to hear the peers in sight answer our first announcement
+DISCOVERY_GRACE = 0.2  # s to hear the peers in sight answer our first announcement
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
 
 Locate = Callable[[bytes], list[tuple[Path, int, int, int]]]  # hash -> (file, offset, size, ns)
@@ -388,7 +388,8 @@ class LanNode:
             if not (p.static or now - p.seen < SIGHT_S):
                 continue
             state = f"set aside: {p.why}" if p.bad_until > now else ("connected" if p.link else "in sight")
-            peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received})
+            peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received,
+                          "last_trouble": p.why})  # fmt: skip
         return {"port": self.port, "note": self.note, "ticket": self.reply is not None, "peers": peers,
                 "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
 

@@ -237,7 +237,7 @@ def test_lying_or_stalling_peer_costs_a_fallback_not_the_file(
     assert lan["from_peers"] == 0
     (shown,) = lan["peers"]
     why = "sent a corrupted block" if behaviour == "corrupt" else "timed out"
-    assert shown["state"].startswith("set aside: ") and why in shown["state"], shown
+    assert why in shown["last_trouble"], shown  # (set aside; maybe tried again by the time it finished)
     assert elapsed < 60, f"a {behaviour} peer held the sync for {elapsed:.0f}s"  # a hang, not a speed check
 
 
@@ -255,7 +255,7 @@ def test_static_peer_that_never_answers_tls(lan_server, tmp_path: Path) -> None:
         b.run("sync", str(fb), "--once", "--lan-port", str(free_port()), *peer(mute.getsockname()[1]),
               check=True, timeout=60)  # fmt: skip
     assert digest(fb / "f.bin") == want
-    assert status(b, fb)["lan"]["peers"][0]["state"].startswith("set aside")
+    assert "timed out" in status(b, fb)["lan"]["peers"][0]["last_trouble"]
 
 
 # --- discovery -----------------------------------------------------------------------------

@@ -399,8 +399,13 @@ def _print_lan(lan: dict[str, Any]) -> None:
     if lan.get("note"):
         print(f"  LAN: {lan['note']}")
     for p in peers:
+        trouble = (
+            f" (last trouble: {p['last_trouble']})"
+            if p.get("last_trouble") and "set aside" not in p["state"]
+            else ""
+        )
         print(f"  peer {p['address']}{' (static)' if p.get('static') else ''}: {p['state']}, "
-              f"{human_size(p.get('received', 0))} received")  # fmt: skip
+              f"{human_size(p.get('received', 0))} received{trouble}")  # fmt: skip
 
 
 def _mkdir(remote: Remote, args: argparse.Namespace) -> Any:

@@ -1,8 +1,9 @@
 """Finding peers: a UDP broadcast (and IPv6 all-nodes multicast where there is
 one) on the LAN port at start and every 30 s, carrying this device's TLS port
 and the discovery tags of its namespaces (``protocol.lan``). A device that
-hears an announcement sharing a tag with its own answers it directly, so a
-device that just started finds the others at once. Anything else that
+hears an announcement sharing a tag with its own answers it (once per
+newcomer, by broadcast too), so a device that just started finds the others
+at once. Anything else that
 arrives (another program, a malformed or foreign datagram, a stranger's tags)
 is dropped after a size check and one JSON parse.
 
@@ -120,13 +121,14 @@ class Discovery(asyncio.DatagramProtocol):
         if not found.tags & mine:
             return  # a stranger, or a device of namespaces we cannot read
         host = str(addr[0])
+        if len(addr) == 4 and addr[3]:  # an IPv6 link-local sender: reachable only through its interface
+            host = f"{host}%{addr[3]}"
         self.found(host, found.port)
         if self._answered.get(found.instance, 0) < now - ANNOUNCE_EVERY:
-            self._answered[found.instance] = now  # answer a newcomer once, not an echo chamber
-            for t in self.transports:
-                if t.get_extra_info("socket").family == (socket.AF_INET6 if ":" in host else socket.AF_INET):
-                    with contextlib.suppress(OSError):
-                        t.sendto(self._payload(), addr)
+            # answer a newcomer once (not an echo chamber), by broadcast: a direct answer
+            # would reach only one of the devices sharing the port on its machine
+            self._answered[found.instance] = now
+            self.announce()
 
     def error_received(self, exc: Exception) -> None:
         log.debug("LAN discovery: %s", exc)

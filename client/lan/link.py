@@ -145,7 +145,7 @@ async def open_link(host: str, port: int, me: Identity, ticket: str, server_key:
             asyncio.open_connection(host, port, ssl=client_context(), server_hostname=None), timeout
         )
     except (OSError, TimeoutError, ValueError) as e:
-        raise PeerGone(f"cannot reach peer {host}:{port}: {e or 'timed out'}") from None
+        raise PeerGone(f"cannot reach peer {host}:{port}: {str(e) or 'timed out'}") from None
     framed = _Framed(reader, writer)
     try:
         ssl_object = writer.get_extra_info("ssl_object")
@@ -165,7 +165,7 @@ async def open_link(host: str, port: int, me: Identity, ticket: str, server_key:
         await framed.close()
         if isinstance(e, PeerGone):
             raise
-        raise PeerGone(f"peer {host}:{port}: {e or 'timed out'}") from None
+        raise PeerGone(f"peer {host}:{port}: {str(e) or 'timed out'}") from None
     return PeerLink(framed, claims.tags, claims.expires_s)
 
 

@@ -50,6 +50,7 @@ SLOW_BASE = 10.0  # s for the first time out
 REFUSED_PENALTY = 0.5  # s after a refused connection (not started yet? restarting?)
 BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
 SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
+DISCOVERY_GRACE = 0.2  # s to hear the peers in sight answer our first announcement
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
 
 Locate = Callable[[bytes], list[tuple[Path, int, int, int]]]  # hash -> (file, offset, size, ns)
@@ -104,7 +105,8 @@ class LanNode:
         self.ask_tickets, self.locate = ask_tickets, locate
         self.me: Identity | None = None
         self.reply: m.LanTicketsReply | None = None
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # a ticket is here and peers in sight have answered (or never will)
+        self._ready_by: float | None = None
         self.peers: dict[tuple[str, int], Peer] = {(h, p): Peer(h, p, static=True) for h, p in options.peers}
         self.from_peers = self.from_server = self.served = 0
         self.port: int | None = None
@@ -175,6 +177,7 @@ class LanNode:
             except ProtocolError as e:
                 if e.code == ErrorCode.UNKNOWN_TYPE:
                     self.note = "the server issues no LAN tickets (an older server?): LAN sync is off"
+                    self.ready.set()
                     return
                 log.info("LAN: no ticket yet (%s); retrying", e.message)
                 await asyncio.sleep(30)
@@ -188,12 +191,14 @@ class LanNode:
                     "the server's LAN key differs from the one given at login: run `ferry login` again"
                 )
                 log.warning("LAN: %s", self.note)
+                self.ready.set()
                 return
             self.server_key = self.server_key or reply.server_key  # logged in before LAN sync existed
             self.reply = reply
-            self.ready.set()
             if self._discovery is None:
                 await self._start_discovery()
+                await asyncio.sleep(DISCOVERY_GRACE)  # the peers in sight answer our first announcement
+            self.ready.set()
             await asyncio.sleep(max(1.0, (reply.expires_s - time.time()) / 2))
 
     async def _start_discovery(self) -> None:
@@ -234,9 +239,11 @@ class LanNode:
         self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
         """The block from the first peer that has it, else from the server; hash-checked either way."""
-        if self.peers and not self.ready.is_set():  # the first ticket is on its way
+        if not self.ready.is_set():  # the first ticket (and the first answers to our announcement)
+            if self._ready_by is None:  # waited for once, by every block asked for meanwhile
+                self._ready_by = time.monotonic() + self.options.fallback_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ready.wait(), self.options.fallback_s)
+                await asyncio.wait_for(self.ready.wait(), max(0.0, self._ready_by - time.monotonic()))
         if self.reply is not None:
             for peer in self._candidates():
                 data = await self._from_peer(peer, h)
@@ -381,7 +388,8 @@ class LanNode:
             if not (p.static or now - p.seen < SIGHT_S):
                 continue
             state = f"set aside: {p.why}" if p.bad_until > now else ("connected" if p.link else "in sight")
-            peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received})
+            peers.append({"address": p.address, "state": state, "static": p.static, "received": p.received,
+                          "last_trouble": p.why})  # fmt: skip
         return {"port": self.port, "note": self.note, "ticket": self.reply is not None, "peers": peers,
                 "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
 

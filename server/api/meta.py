@@ -48,7 +48,7 @@ async def login(request: Request) -> Response:
         application/json:
           schema: {type: object, required: [user, password], properties: {user: {type: string}, password: {type: string}, device: {type: string}}}
     responses:
-      200: {description: '{"token", "device_id", "user", "lan_key" (the server's Ed25519 key for LAN peer tickets, hex)}'}
+      200: {description: '{"token", "device_id", "user", "lan_key"}: lan_key is the Ed25519 key (hex) LAN peer tickets are signed with'}
       401: {description: wrong user name or password}
     """
     services: Services = request.app.state.services

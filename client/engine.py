@@ -141,6 +141,12 @@ class Engine:
             self._prepare_root(marker)
         except OSError as e:
             raise SyncError(diskspace.trouble(e, self.root) or f"cannot prepare {self.root}: {e}") from None
+
+    def _prepare_root(self, marker: Path) -> None:
+        self.fs.mkdir(self.root, parents=True, exist_ok=True)
+        if not self.fs.exists(marker):
+            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
+        self.fs.mkdir(self.root / STAGING, exist_ok=True)
         self.case_insensitive = names.probe_case_insensitive(self.root / STAGING)
         for leftover in self.fs.listdir(self.root / STAGING):  # temp files of an interrupted download
             with contextlib.suppress(OSError):
@@ -155,12 +161,6 @@ class Engine:
                 self.fs.close(fd)
             self.fs.fsync_dir(self.root)
             self.state.put("initialised", "yes")
-
-    def _prepare_root(self, marker: Path) -> None:
-        self.fs.mkdir(self.root, parents=True, exist_ok=True)
-        if not self.fs.exists(marker):
-            self.fs.write_bytes(marker, b"This folder is synced by Ferry. Do not delete this file.\n")
-        self.fs.mkdir(self.root / STAGING, exist_ok=True)
 
     def conflict_name(self, path: str) -> str:
         return p.conflict_name(path, self.device, self.clock.now())

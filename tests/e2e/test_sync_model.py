@@ -78,6 +78,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from client import clock as clock_mod
 from client import engine as engine_mod
 from client.engine import STAGING, Engine, folder_id
 from client.home import Credentials, load_credentials
@@ -815,7 +816,7 @@ def test_random_operations_converge_without_losing_edits(
 ) -> None:
     print(f"sync model test: seed {seed}, {STEPS} steps")
     random.seed(seed)  # the engine's own jitter and name suffixes, as far as they go
-    monkeypatch.setattr(engine_mod, "datetime", FixedClock)
+    monkeypatch.setattr(clock_mod.SystemClock, "now", staticmethod(FixedClock.now))
     server = make_server("file")
     assert server.admin("user", "add", "u", "--password-stdin", stdin="pw\n").returncode == 0
     clients = []

@@ -127,8 +127,7 @@ class Connection:
                 raise ConnectionLost(str(e)) from None
             reply = await fut
         if isinstance(reply, m.Error):
-            code = ErrorCode(reply.code) if reply.code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
-            raise ProtocolError(code, reply.message, reply.detail)
+            raise ProtocolError.received(reply.code, reply.message, reply.detail)
         return reply
 
     async def call(self, make: Callable[[int], m.Message], expect: type[T] | None = None) -> Any:
@@ -181,8 +180,7 @@ async def open_connection(server: str, token: str) -> Connection:
         raise ConnectionLost(f"handshake with {server} failed: {e}") from None
     if isinstance(reply, m.Error):
         await ws.close()
-        code = ErrorCode(reply.code) if reply.code in ErrorCode._value2member_map_ else ErrorCode.PROTOCOL
-        raise ProtocolError(code, reply.message)
+        raise ProtocolError.received(reply.code, reply.message, unknown=ErrorCode.PROTOCOL)
     if not isinstance(reply, m.Welcome):
         await ws.close()
         raise ProtocolError(ErrorCode.PROTOCOL, f"server answered hello with {reply.TYPE}")

@@ -39,5 +39,16 @@ class ProtocolError(Exception):
         self.message = message
         self.detail = detail
 
+    @classmethod
+    def received(
+        cls,
+        code: str,
+        message: str,
+        detail: dict[str, Any] | None = None,
+        unknown: ErrorCode = ErrorCode.INTERNAL,
+    ) -> ProtocolError:
+        """The error a peer sent (an ``error`` message); a code we do not know becomes ``unknown``."""
+        return cls(ErrorCode(code) if code in ErrorCode._value2member_map_ else unknown, message, detail)
+
     def __repr__(self) -> str:
         return f"ProtocolError({self.code.value!r}, {self.message!r})"

@@ -126,8 +126,7 @@ class PeerLink:
         finally:
             self._pending.pop(req_id, None)
         if isinstance(reply, m.Error):
-            code = ErrorCode(reply.code) if reply.code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
-            raise ProtocolError(code, reply.message)
+            raise ProtocolError.received(reply.code, reply.message)
         if not isinstance(reply, framing.BlockFrame) or reply.kind != framing.KIND_DATA or reply.hash != h:
             raise PeerGone("peer answered get_block with something else")
         return reply.data

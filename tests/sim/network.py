@@ -138,8 +138,7 @@ class Link:
         finally:
             self._pending.pop(req_id, None)
         if isinstance(reply, m.Error):
-            code = ErrorCode(reply.code) if reply.code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
-            raise ProtocolError(code, reply.message, reply.detail)
+            raise ProtocolError.received(reply.code, reply.message, reply.detail)
         return reply
 
     def _arrive(self, req_id: int, serve: Callable[[], tuple[str, bytes | None]]) -> None:

@@ -283,6 +283,8 @@ class LanNode:
             self._set_aside(peer, SLOW_PENALTY, e.message)
             return None
         except (PeerGone, TimeoutError) as e:
+            if peer.bad_until > time.monotonic():  # set aside meanwhile by another request (that
+                return None  # closed this link): keep the reason it gave, not "link closed"
             # a peer that made us wait out the fallback is left alone longer each time
             if time.monotonic() - started < self.options.fallback_s * 0.9:
                 self._set_aside(peer, REFUSED_PENALTY, str(e))  # costs nothing to try again soon

@@ -350,6 +350,7 @@ def _relist(
             _drop(path, out, children)  # gone, or a file or a link now
     out.tree.update(part.tree)
     out.observed.update(part.observed)
+    out.blocks.update(part.blocks)  # so the upload need not cut the file a second time
     out.skipped.update(part.skipped)
     out.unstable |= part.unstable
     for parent, paths in _children_index(part).items():

@@ -53,6 +53,27 @@ def test_a_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
     assert scan(tmp_path, first.observed, _name).tree["/a.txt"] != first.tree["/a.txt"]
 
 
+def test_a_rescan_keeps_the_block_list_of_a_big_file_it_read(tmp_path: Path) -> None:
+    """The upload reads only the blocks the server lacks, by the scan's list: an
+    incremental rescan (live sync) must hand it on as a full scan does."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    old = time.time() - 60
+    os.utime(big, (old, old))
+    first = scan(tmp_path, {}, _name)
+    with open(big, "r+b") as f:
+        f.write(b"x")
+    os.utime(big, (old + 1, old + 1))
+    for found in (
+        scan(tmp_path, first.observed, _name),
+        rescan(tmp_path, first, [str(big)], first.observed, _name),
+    ):
+        known = found.blocks["/big.bin"]
+        info = big.stat()
+        assert known.stat == (info.st_size, info.st_mtime_ns, info.st_ino)
+        assert sum(known.sizes) == info.st_size and len(known.hashes) == len(known.offsets) > 1
+
+
 def test_a_fresh_file_is_complete_once_no_one_has_it_open_for_writing(tmp_path: Path) -> None:
     f = tmp_path / "new.txt"
     before = signal.getsignal(signal.SIGIO)

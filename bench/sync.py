@@ -90,6 +90,7 @@ AIMS = {  # scenario -> maximum Ferry / Syncthing time, from issue 3
     "e": 0.5,
 }
 EDITS = ("c", "d", "e")  # "each edit sends at most two chunks plus the new bytes"
+SYNC_ARGS: list[str] = []  # --sync-args
 OVERHEAD_ALLOWANCE = 256 * KiB  # block lists, requests and replies beside the content
 F_MEDIAN_AIM_S = 0.150
 G_AIM_S = 0.300
@@ -272,7 +273,7 @@ class Client:
     def start(self) -> None:
         env = {**os.environ, "FERRY_HOME": str(self.device.home)}
         self._log = open(self.device.home / "sync.log", "ab")
-        self.proc = subprocess.Popen([*FERRY, "sync", str(self.folder)], stdout=self._log,
+        self.proc = subprocess.Popen([*FERRY, "sync", str(self.folder), *SYNC_ARGS], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
         self.ps = psutil.Process(self.proc.pid)
         log(f"ferry sync {self.name} pid={self.proc.pid} folder={self.folder}")
@@ -819,7 +820,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=None, help="parent of the scratch folders (default: /tmp)")
     p.add_argument("--peer", type=Path, default=PEER, help="the shared Syncthing harness")
     p.add_argument("--keep", action="store_true", help="keep Ferry's scratch folder")
+    p.add_argument("--sync-args", default="", help='more arguments for both `ferry sync`s, e.g. "--lan off"')
     args = p.parse_args()
+    SYNC_ARGS[:] = args.sync_args.split()
 
     if not args.skip_syncthing and not args.peer.is_file():
         p.error(f"no Syncthing harness at {args.peer}; give --peer PATH or --skip-syncthing")

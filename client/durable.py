@@ -34,6 +34,32 @@ _syncfs = _load_syncfs()
 GROUPED = _syncfs is not None
 
 
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing the dirty pages out, do not wait
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Start writing a just-written range of a big file to the disk now, so the
+    fsync that makes the whole file durable finds most of it written (the disk
+    works while the rest is still being copied or downloaded). Only a hint: a
+    no-op where the system has no such call, and errors are ignored (the fsync
+    still reports them)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, size, _WRITE)
+
+
 def flush(path: Path) -> bool:
     """Make everything written on ``path``'s filesystem durable; False where
     that cannot be done in one call (fsync each file and folder instead)."""

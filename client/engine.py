@@ -124,6 +124,7 @@ class Engine:
         self._index_stale = True
         self._index_at = 0.0  # clock.monotonic() of the last rebuild
         self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
+        self._deleting: set[asyncio.Task[None]] = set()  # replaced big files being deleted (place())
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -836,16 +837,34 @@ class Engine:
                 # edited (or created) locally while we fetched: leave it; the next cycle sees both edits
                 log.info("%s changed locally during download; re-planning", path)
                 return
-            await self.fs.run(place, tmp, dest)
+            aside = self.root / STAGING / f"{STAGING_PREFIX}old-{uuid.uuid4().hex[:16]}"
+            old = await self.fs.run(place, tmp, dest, aside)
             failpoints.hit("client.download.placed")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.unlink(tmp)
+        if old is not None:
+            self._delete_later(old)
         now = self.fs.stat(dest)
         assert entry.content_hash is not None
         self.state.record(path, entry, Observed(now.st_size, now.st_mtime_ns, now.st_ino, entry.content_hash,
                                                 entry.executable))  # fmt: skip
         self._index_stale = True
+
+    def _delete_later(self, old: Path) -> None:
+        """Delete a replaced file's blocks kept aside by :func:`place`, in the background."""
+
+        async def delete() -> None:
+            with contextlib.suppress(OSError):  # left for the staging clean-up at the next start
+                await self.fs.run(self.fs.unlink, old)
+
+        task = asyncio.create_task(delete())
+        self._deleting.add(task)
+        task.add_done_callback(self._deleting.discard)
+
+    async def _deleted(self) -> None:
+        """Wait for the deletions :meth:`_delete_later` started (before the engine stops)."""
+        await asyncio.gather(*self._deleting, return_exceptions=True)
 
     async def _local_copy(self, path: str, entry: m.Entry) -> LocalCopy | None:
         """The local file at ``path`` as a source of blocks for its new version,
@@ -977,6 +996,7 @@ class Engine:
             raise
         finally:
             self._write_status()
+            await self._deleted()
             if self.lan is not None:
                 await self.lan.stop()
             await self.remote.close()
@@ -1014,6 +1034,7 @@ class Engine:
             watcher.cancel()
             self.status["state"] = "stopped"
             self._write_status()
+            await self._deleted()
             if self.lan is not None:
                 await self.lan.stop()
             await self.remote.close()

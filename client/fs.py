@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import fcntl
 import os
 import shutil
@@ -60,6 +61,8 @@ class Disk(Protocol):
     def open(self, path: PathLike, flags: int, mode: int = 0o777) -> int: ...
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int: ...
+    def copy_range(self, src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int: ...
+    def start_writeback(self, fd: int, offset: int, size: int) -> None: ...
     def write(self, fd: int, data: bytes | memoryview) -> int: ...
     def ftruncate(self, fd: int, size: int) -> None: ...
     def fchmod(self, fd: int, mode: int) -> None: ...
@@ -68,6 +71,7 @@ class Disk(Protocol):
     def utime(self, path: PathLike, ns: tuple[int, int]) -> None: ...
     def rename(self, src: PathLike, dst: PathLike) -> None: ...
     def replace(self, src: PathLike, dst: PathLike) -> None: ...
+    def link(self, src: PathLike, dst: PathLike) -> None: ...
     def unlink(self, path: PathLike) -> None: ...
     def mkdir(self, path: PathLike, parents: bool = False, exist_ok: bool = False) -> None: ...
     def rmdir(self, path: PathLike) -> None: ...
@@ -95,12 +99,34 @@ class OsDisk:
     close = staticmethod(os.close)
     rename = staticmethod(os.rename)
     replace = staticmethod(os.replace)
+    link = staticmethod(os.link)
     unlink = staticmethod(os.unlink)
     rmdir = staticmethod(os.rmdir)
 
     @staticmethod
     def flush(path: PathLike) -> bool:
         return durable.flush(Path(path))
+
+    @staticmethod
+    def copy_range(src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int:
+        """Copy ``size`` bytes between two open files inside the kernel
+        (``copy_file_range``; a plain read and write where the filesystem or
+        system cannot); fewer only at the end of ``src``. The bytes copied."""
+        done = 0
+        while done < size:
+            try:
+                n = os.copy_file_range(src, dst, size - done, src_offset + done, dst_offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                data = os.pread(src, min(size - done, 1 << 20), src_offset + done)
+                n = os.pwrite(dst, data, dst_offset + done) if data else 0
+            if n == 0:
+                break
+            done += n
+        return done
+
+    start_writeback = staticmethod(durable.start_writeback)
 
     @staticmethod
     def disk_usage(path: PathLike) -> tuple[int, int]:

@@ -342,17 +342,25 @@ async def upload(remote: Remote, src: Path, dst: str, progress: Progress) -> tup
 # --- download ------------------------------------------------------------------------
 
 
-def _write_at(fd: int, data: bytes | memoryview, offset: int, expected: bytes, checked: bool = False) -> None:
+WRITEBACK_OVER = 8 * 1024 * 1024  # bytes: a fetched file this big is written out to disk as it arrives
+
+
+def _write_at(
+    fd: int, data: bytes | memoryview, offset: int, expected: bytes, checked: bool = False, big: bool = False
+) -> None:
     if not checked and block_hash(data) != expected:
         raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
-    fs.disk().pwrite(fd, data, offset)
+    disk = fs.disk()
+    disk.pwrite(fd, data, offset)
+    if big:  # the disk starts on it now rather than all at once in the final fsync
+        disk.start_writeback(fd, offset, len(data))
 
 
 @dataclass
 class LocalCopy:
     """A local file whose blocks are known (an older version of the file being
-    fetched): blocks it shares with the new version are read from it instead of
-    the network, each hash-checked as it is read."""
+    fetched): blocks it shares with the new version are copied from it instead
+    of the network, each hash-checked where it landed."""
 
     path: Path
     blocks: list[m.BlockRef]
@@ -366,10 +374,16 @@ class LocalCopy:
         return out
 
 
-def _read_local(fd: int, offset: int, size: int, expected: bytes) -> bytes | None:
-    """The block at ``offset`` of a local file, or None if it is not (any more) the one expected."""
-    data = fs.disk().pread(fd, size, offset)
-    return data if len(data) == size and block_hash(data) == expected else None
+def _copy_block(src: int, dst: int, at: int, size: int, to: int, expected: bytes, big: bool) -> bool:
+    """Copy the block at ``at`` of a local file to ``to`` of the file being
+    fetched (inside the kernel where it can), then hash what landed there: False
+    if it is not (any more) the block expected, and it is left for the network."""
+    disk = fs.disk()
+    if disk.copy_range(src, dst, size, at, to) != size or block_hash(disk.pread(dst, size, to)) != expected:
+        return False
+    if big:
+        disk.start_writeback(dst, to, size)
+    return True
 
 
 async def fetch(
@@ -394,13 +408,14 @@ async def fetch(
         )
     disk = fs.disk()
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = disk.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # read: copied blocks are checked
     done: set[int] = set()
     try:
         disk.ftruncate(fd, entry.size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
+        big = entry.size >= WRITEBACK_OVER
         if local is not None:
-            await _copy_local(local, entry.blocks, offsets, fd, done, progress, window)
+            await _copy_local(local, entry.blocks, offsets, fd, done, progress, window, big)
 
         count = len(entry.blocks)
         first = source.first_block(entry.content_hash, count) if source is not None and count else 0
@@ -414,7 +429,7 @@ async def fetch(
                 async with slots:
                     ref = entry.blocks[i]  # type: ignore[index]
                     data = await get_block(ref.hash)
-                    await disk.run(_write_at, fd, data, offsets[i], ref.hash, source is not None)
+                    await disk.run(_write_at, fd, data, offsets[i], ref.hash, source is not None, big)
                     done.add(i)
                     failpoints.hit("client.download.block")
                     progress(ref.size)
@@ -445,6 +460,7 @@ async def _copy_local(
     done: set[int],
     progress: Progress,
     window: int,
+    big: bool,
 ) -> None:
     """Fill in the blocks ``local`` has (marking them done); a block that cannot
     be read or no longer hashes right is left for the network."""
@@ -459,9 +475,7 @@ async def _copy_local(
     async def one(i: int, ref: m.BlockRef) -> None:
         at, size = have[ref.hash]
         async with slots:
-            data = await disk.run(_read_local, src, at, size, ref.hash)
-            if data is not None:
-                await disk.run(disk.pwrite, fd, data, offsets[i])
+            if await disk.run(_copy_block, src, fd, at, size, offsets[i], ref.hash, big):
                 done.add(i)
                 progress(ref.size)
 
@@ -484,10 +498,34 @@ def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:
         disk.utime(tmp, (mtime_ns, mtime_ns))
 
 
-def place(tmp: Path, dest: Path) -> None:
-    """Atomically rename a fetched file into place and make the rename durable."""
-    fs.disk().replace(tmp, dest)
-    fs.disk().fsync_dir(dest.parent)
+RELEASE_LATER_OVER = 64 * 1024 * 1024  # bytes: a replaced file this big is deleted after the rename
+
+
+def place(tmp: Path, dest: Path, aside: Path | None = None) -> Path | None:
+    """Atomically rename a fetched file into place and make the rename durable.
+
+    Replacing a big file frees its blocks inside the rename, about a second per
+    GiB here, before the new file shows. Given ``aside`` (a free name in the
+    staging folder), a file being replaced that is big keeps its blocks under
+    that name, which is returned: the caller deletes it after, while the new
+    file is already in place (a crash leaves it to the staging clean-up)."""
+    disk = fs.disk()
+    kept = None
+    if aside is not None:
+        with contextlib.suppress(OSError):  # no hard links here: freed in the rename, as before
+            info = disk.lstat(dest)
+            if stat_mod.S_ISREG(info.st_mode) and info.st_size >= RELEASE_LATER_OVER:
+                disk.link(dest, aside)
+                kept = aside
+    try:
+        disk.replace(tmp, dest)
+        disk.fsync_dir(dest.parent)
+    except BaseException:
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                disk.unlink(kept)
+        raise
+    return kept
 
 
 async def download(remote: Remote, entry: m.Entry, dest: Path, progress: Progress) -> None:

@@ -221,6 +221,15 @@ class MemDisk:
         f.node.mtime_ns = self.now_ns()
         return len(data)
 
+    def link(self, src: object, dst: object) -> None:
+        raise _err(errno.EPERM, dst)  # hard links are not simulated (only big files use them)
+
+    def copy_range(self, src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int:
+        return self.pwrite(dst, self.pread(src, size, src_offset), dst_offset)
+
+    def start_writeback(self, fd: int, offset: int, size: int) -> None:
+        pass  # a hint only: durability still comes from fsync
+
     def write(self, fd: int, data: bytes | memoryview) -> int:
         f = self._fds[fd]
         n = self.pwrite(fd, data, f.pos)

@@ -381,11 +381,10 @@ class FerryBench:
         pg = []
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error, TypeError):
-                if (
-                    proc.info["cmdline"]
-                    and dbname in " ".join(proc.info["cmdline"])
-                    and proc.pid != os.getpid()
-                ):
+                # a backend's title is "postgres: ... <database> ..."; the server's own
+                # command line names the database too, so it is left out (it has its own role)
+                line = " ".join(proc.info["cmdline"] or [])
+                if line.startswith("postgres") and dbname in line and proc.pid != self.server.proc.pid:
                     pg.append(proc)
         return {"A": [self.a.ps], "B": [self.b.ps], "server": [psutil.Process(self.server.proc.pid)],  # type: ignore[list-item]
                 "postgres": pg}  # fmt: skip

@@ -43,7 +43,6 @@ from client.transfer import (
     UMASK,
     LocalCopy,
     Remote,
-    block_getter,
     commit_blocks,
     fetch,
     place,
@@ -350,7 +349,6 @@ class Engine:
         await self.pull()
         if self.lan is not None:
             self.lan.begin()  # after the first pull: the connection is up
-            self._rebuild_index()
         unresolved = await self._resolve_clashes() if self.case_insensitive else []
         known, remote, synced = self.state.observed(), self.state.remote_tree(), self.state.synced_tree()
         left = settled - self.clock.monotonic()  # what is left of it: reading the state took a while
@@ -617,15 +615,14 @@ class Engine:
                     ErrorCode.BAD_ENTRY, f"{path}: the server's block list does not match its hash"
                 )
         wanted = list(dict.fromkeys(b.hash for _, e in todo for b in e.blocks or []))
-        ns_of = {b.hash: self._ns_of(path) for path, e in todo for b in e.blocks or []}
         got: dict[bytes, bytes] = {}
 
+        # Small files come from the server, not LAN peers: hundreds of requests at once
+        # share one permission check there, while a peer costs a round trip per block
         async def fetch_all(conn: Any) -> None:
-            getters = {ns: block_getter(conn, self._source(ns)) for ns in set(ns_of.values())}
-
             async def one(h: bytes) -> None:
-                data = bytes(await getters[ns_of[h]](h))
-                if self.lan is None and block_hash(data) != h:  # (LAN peers hash-check what they give)
+                data = bytes(await conn.get_block(h))
+                if block_hash(data) != h:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 got[h] = data
                 failpoints.hit("client.download.block")

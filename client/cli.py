@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="UDP port for discovery and TCP port for peer links (default 17500)")  # fmt: skip
     sync.add_argument("--lan-serve-rate", type=float, default=0.0, metavar="MB/S",
                       help="serve peers at most this many MB (10^6 bytes) per second (default: no limit)")  # fmt: skip
+    sync.add_argument("--lan-timeout", type=float, default=os.environ.get("FERRY_LAN_TIMEOUT", "2"),
+                      metavar="SECONDS", help="how long a peer may take over a block before the next "
+                                              "peer or the server is asked (default 2)")  # fmt: skip
     sync.add_argument("--lan-peer", action="append", default=[], type=_peer, metavar="HOST:PORT",
                       help="a peer to ask even if it is not discovered (repeatable)")  # fmt: skip
     status = sub.add_parser("status", parents=[common], help="what each synced folder is doing")
@@ -323,8 +326,11 @@ async def _sync(args: argparse.Namespace) -> int:
     if not args.lan_serve_rate >= 0:
         print("ferry: --lan-serve-rate must be 0 (no limit) or more", file=sys.stderr)
         return EXIT_USAGE
+    if not args.lan_timeout > 0:  # (nan too)
+        print("ferry: --lan-timeout must be more than 0 seconds", file=sys.stderr)
+        return EXIT_USAGE
     lan = LanOptions(enabled=args.lan == "on", port=args.lan_port, peers=args.lan_peer,
-                     rate=int(args.lan_serve_rate * 1e6))  # fmt: skip
+                     rate=int(args.lan_serve_rate * 1e6), fallback_s=args.lan_timeout)  # fmt: skip
     try:
         if args.once:
             ok = await engine.sync_once(args.folder, home, creds, args.confirm_deletes, _retry_for(args), lan)

@@ -28,6 +28,8 @@ from tests.support.servers import Device, FerryServer
 
 MiB = 1024 * 1024
 TTL = 3  # s: the server's ticket lifetime in these tests (revocations take effect within it)
+# where a test counts bytes: a peer slowed down by a loaded machine is not a stalled one
+PATIENT = ["--lan-timeout", "30"]
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def test_two_devices_second_gets_the_file_from_the_first(lan_server, live, tmp_p
     wait_for(lambda: synced(a, fa, "big.bin", want) and status(a, fa).get("lan", {}).get("ticket"), 90,
              "A to upload big.bin")  # fmt: skip
     before = sent(lan_server)
-    b.run("sync", str(fb), "--once", "--lan-port", str(free_port()), *peer(port_a), check=True)
+    b.run("sync", str(fb), "--once", "--lan-port", str(free_port()), *peer(port_a), *PATIENT, check=True)
     assert digest(fb / "big.bin") == want
     assert sent(lan_server) - before == 0  # every block came from A
     lan = status(b, fb)["lan"]
@@ -113,9 +115,9 @@ def test_three_devices_server_sends_the_file_at_most_once(lan_server, live, tmp_
     a.run("sync", str(fa), "--once", "--lan", "off", check=True)  # A uploads it and leaves
     before = sent(lan_server)
     port_b, port_c = free_port(), free_port()
-    live(b, str(fb), "--lan-port", str(port_b), *peer(port_c))
+    live(b, str(fb), "--lan-port", str(port_b), *peer(port_c), *PATIENT)
     wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to fetch big.bin")
-    c.run("sync", str(fc), "--once", "--lan-port", str(port_c), *peer(port_b), check=True)
+    c.run("sync", str(fc), "--once", "--lan-port", str(port_c), *peer(port_b), *PATIENT, check=True)
     assert digest(fc / "big.bin") == want == digest(fb / "big.bin")  # B and C converge byte-identical
     assert sent(lan_server) - before <= 100 * MiB  # the server sent it at most once
     assert status(c, fc)["lan"]["from_peers"] == 100 * MiB
@@ -336,6 +338,8 @@ def test_lan_port_in_use_falls_back_and_bad_flags_are_refused(lan_server, tmp_pa
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("ferry sync: error:"), (
             r.stderr
         )
+    r = a.run("sync", str(folder), "--once", "--lan-timeout", "0")
+    assert r.returncode == 2 and "--lan-timeout must be more than 0" in r.stderr.splitlines()[-1]
 
 
 def test_devices_on_one_machine_find_each_other_on_the_default_port(lan_server, live, tmp_path: Path) -> None:

@@ -270,12 +270,14 @@ class LanNode:
         self.from_server += len(data)
         return data
 
-    async def _from_peer(self, peer: Peer, h: bytes) -> bytes | memoryview | None:
+    async def _from_peer(self, peer: Peer, h: bytes, again: bool = True) -> bytes | memoryview | None:
         started = time.monotonic()
+        linked = False
         try:
             link = await self._link(peer)
             if link is None or not link.tags & self._tags():
                 return None
+            linked = True
             data = await asyncio.wait_for(link.get_block(h), self.options.fallback_s)
         except ProtocolError as e:
             if e.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY):
@@ -285,6 +287,9 @@ class LanNode:
         except (PeerGone, TimeoutError) as e:
             if peer.bad_until > time.monotonic():  # set aside meanwhile by another request (that
                 return None  # closed this link): keep the reason it gave, not "link closed"
+            if again and linked and isinstance(e, PeerGone):
+                # the peer closed a link that worked (a ticket ran out, say): once more on a new one
+                return await self._from_peer(peer, h, again=False)
             # a peer that made us wait out the fallback is left alone longer each time
             if time.monotonic() - started < self.options.fallback_s * 0.9:
                 self._set_aside(peer, REFUSED_PENALTY, str(e))  # costs nothing to try again soon

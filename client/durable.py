@@ -18,35 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+def _linux_call(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """The C library function ``name`` (Linux only), or None where it does not exist."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
-    return fn
+    return fn  # type: ignore[no-any-return]
 
 
-_syncfs = _load_syncfs()
+_syncfs = _linux_call("syncfs", ctypes.c_int)
 GROUPED = _syncfs is not None
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = _linux_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writing the dirty pages out, do not wait
 
 

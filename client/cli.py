@@ -128,6 +128,16 @@ def _peer(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _event_loop_run(main: Any) -> int:
+    """Run on uvloop where it is installed (not on Windows), as the server does: its sockets and
+    TLS cost less CPU per byte than asyncio's, which matters for uploads and LAN peer links."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)  # type: ignore[no-any-return]
+    return uvloop.run(main)  # type: ignore[no-any-return]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("server", "admin"):
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     limit_malloc_arenas()
     try:
-        return asyncio.run(_run(args))
+        return _event_loop_run(_run(args))
     except KeyboardInterrupt:
         print("ferry: interrupted", file=sys.stderr)
         return 130

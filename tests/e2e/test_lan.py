@@ -147,8 +147,9 @@ def test_peer_serves_only_valid_tickets_for_its_namespaces(lan_server, live, tmp
         alice2, bobs = await tickets(a2, me2), await tickets(bob, me_bob)
         key = alice2.server_key
 
-        async def served() -> bool:
-            return await ask(port, me2, alice2.ticket, key, f_block.hash) == bytes(f_block.data)
+        async def served() -> bool:  # a fresh ticket each try: A may take longer than TTL to come up
+            fresh = await tickets(a2, me2)
+            return await ask(port, me2, fresh.ticket, key, f_block.hash) == bytes(f_block.data)
 
         deadline = time.monotonic() + 60
         while not await served():  # A is up and serving f.bin once it has synced
@@ -166,9 +167,13 @@ def test_peer_serves_only_valid_tickets_for_its_namespaces(lan_server, live, tmp
         key_file = lan_server.data_dir / "lan-signing-key.pem"
         expired = forge(key_file, me2, frozenset(s.tag for s in alice2.spaces), int(time.time()) - 1)
         assert await ask(port, me2, expired, key, f_block.hash) == _refusal(port, refused + "ticket expired")
+        # (tickets live TTL = 3 s: each check below that needs a live one takes a fresh one, so a
+        # loaded machine's slow steps above cannot turn the refusal checked into "ticket expired")
+        alice2 = await tickets(a2, me2)
         stolen = await ask(port, me_bob, alice2.ticket, key, f_block.hash)  # shown with bob's TLS key
         assert stolen == _refusal(port, refused + "ticket names another TLS key")
         # bob's ticket names the shared folder, not alice's own files
+        bobs = await tickets(bob, me_bob)
         assert await ask(port, me_bob, bobs.ticket, key, g_block.hash) == bytes(g_block.data)
         assert await ask(port, me_bob, bobs.ticket, key, f_block.hash) == "not_found"
         # revoked: a new ticket leaves the folder out, and the old one runs out within TTL

@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint  ## install, lint, type-check, check layers, run every test
-	$(BIN)/pytest -q -n 3 $(ARGS)
+	$(BIN)/pytest -q -n 3 --durations=15 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/transfer.py

@@ -67,6 +67,9 @@ TRANSFERS = (p.Upload, p.Download, p.Record)
 PARALLEL_TRANSFERS = 16
 SMALL_FILE = 1024 * 1024  # files up to this size are uploaded in batches
 BATCH_FILES = 500
+# server replies a live sync waits out with backoff instead of stopping: the server's database
+# or block store is away, it is overloaded, or it failed on this request (its log says why)
+PASSING = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.BUSY, ErrorCode.INTERNAL})
 BATCH_BYTES = 16 * 1024 * 1024
 MAX_DIRTY = 10_000  # more changed paths than this since the last scan: a full scan is cheaper
 FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something
@@ -1018,9 +1021,10 @@ class Engine:
                     busy = bool(actions or self._scan.unstable) and self._disk_trouble is None
                     timeout = SETTLE_S if busy else 30.0
                 except (ConnectionLost, ProtocolError) as e:
-                    if isinstance(e, ProtocolError) and e.code != ErrorCode.UNAVAILABLE:
+                    if isinstance(e, ProtocolError) and e.code not in PASSING:
                         raise
-                    # the server, or its database or block store, is away: wait, never give up
+                    # the server, or its database or block store, is away (or failed this once):
+                    # wait, never give up; the status shows why
                     self.status.update(state="offline", last_error=getattr(e, "message", str(e)))
                     self._write_status()
                     timeout = next(delays)

@@ -100,7 +100,17 @@ class translate_errors:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from None
         if isinstance(exc, StoreUnavailable | BlockStoreError):
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        # 57xxx: the database is shutting down, restarting or starting up (its connections get
+        # "terminating connection due to ... shutdown", new ones "the database system is starting
+        # up"); 53300: it has no connection slot free. All pass: the client retries.
+        if isinstance(
+            exc,
+            OSError
+            | asyncpg.PostgresConnectionError
+            | asyncpg.InterfaceError
+            | asyncpg.exceptions.OperatorInterventionError
+            | asyncpg.exceptions.TooManyConnectionsError,
+        ):
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, f"database unavailable, retry shortly: {exc}"
             ) from None

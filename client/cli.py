@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,14 +128,14 @@ def _peer(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _event_loop_run(main: Any) -> int:
+def _event_loop_run(main: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop where it is installed (not on Windows), as the server does: its sockets and
     TLS cost less CPU per byte than asyncio's, which matters for uploads and LAN peer links."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)  # type: ignore[no-any-return]
-    return uvloop.run(main)  # type: ignore[no-any-return]
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,8 +68,8 @@ PARALLEL_TRANSFERS = 16
 SMALL_FILE = 1024 * 1024  # files up to this size are uploaded in batches
 BATCH_FILES = 500
 # server replies a live sync waits out with backoff instead of stopping: the server's database
-# or block store is away, it is overloaded, or it failed on this request (its log says why)
-PASSING = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.BUSY, ErrorCode.INTERNAL})
+# or block store is away, or it failed on this request (its log says why)
+PASSING = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
 BATCH_BYTES = 16 * 1024 * 1024
 MAX_DIRTY = 10_000  # more changed paths than this since the last scan: a full scan is cheaper
 FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something

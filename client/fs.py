@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import errno
 import fcntl
 import os
 import shutil
@@ -61,7 +60,6 @@ class Disk(Protocol):
     def open(self, path: PathLike, flags: int, mode: int = 0o777) -> int: ...
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int: ...
-    def copy_range(self, src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int: ...
     def start_writeback(self, fd: int, offset: int, size: int) -> None: ...
     def write(self, fd: int, data: bytes | memoryview) -> int: ...
     def ftruncate(self, fd: int, size: int) -> None: ...
@@ -106,25 +104,6 @@ class OsDisk:
     @staticmethod
     def flush(path: PathLike) -> bool:
         return durable.flush(Path(path))
-
-    @staticmethod
-    def copy_range(src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int:
-        """Copy ``size`` bytes between two open files inside the kernel
-        (``copy_file_range``; a plain read and write where the filesystem or
-        system cannot); fewer only at the end of ``src``. The bytes copied."""
-        done = 0
-        while done < size:
-            try:
-                n = os.copy_file_range(src, dst, size - done, src_offset + done, dst_offset + done)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                data = os.pread(src, min(size - done, 1 << 20), src_offset + done)
-                n = os.pwrite(dst, data, dst_offset + done) if data else 0
-            if n == 0:
-                break
-            done += n
-        return done
 
     start_writeback = staticmethod(durable.start_writeback)
 

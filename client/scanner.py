@@ -25,7 +25,7 @@ from client import fs
 from client.planner import Node, with_suffix
 from client.state import Observed
 from client.transfer import KnownBlocks
-from protocol.chunking import chunk_stream
+from protocol.chunking import chunk_hashes
 from protocol.errors import ProtocolError
 from protocol.hashing import content_hash
 from protocol.paths import name_of, validate_path
@@ -66,8 +66,8 @@ def hash_file(path: Path, blocks: list[tuple[int, int, bytes]] | None = None) ->
     """The file's content hash; ``blocks`` (if given) gets each block's (offset, size, hash)."""
     with fs.disk().open_read(path) as f:
         if blocks is None:
-            return content_hash(b.hash for b in chunk_stream(f))
-        blocks.extend((b.offset, b.length, b.hash) for b in chunk_stream(f))
+            return content_hash(h for _, _, h in chunk_hashes(f))
+        blocks.extend(chunk_hashes(f))
         return content_hash(h for _, _, h in blocks)
 
 

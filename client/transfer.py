@@ -360,7 +360,7 @@ def _write_at(
 class LocalCopy:
     """A local file whose blocks are known (an older version of the file being
     fetched): blocks it shares with the new version are copied from it instead
-    of the network, each hash-checked where it landed."""
+    of the network, each hash-checked as it is read."""
 
     path: Path
     blocks: list[m.BlockRef]
@@ -374,16 +374,25 @@ class LocalCopy:
         return out
 
 
-def _copy_block(src: int, dst: int, at: int, size: int, to: int, expected: bytes, big: bool) -> bool:
-    """Copy the block at ``at`` of a local file to ``to`` of the file being
-    fetched (inside the kernel where it can), then hash what landed there: False
-    if it is not (any more) the block expected, and it is left for the network."""
+def _read_checked(src: int, jobs: list[tuple[int, int, int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """For each job ``(index, at, size, to, expected)`` read the block at ``at``
+    of a local file: ``(index, to, bytes)`` of those that are (still) the block
+    expected; the others are left for the network."""
     disk = fs.disk()
-    if disk.copy_range(src, dst, size, at, to) != size or block_hash(disk.pread(dst, size, to)) != expected:
-        return False
-    if big:
-        disk.start_writeback(dst, to, size)
-    return True
+    out: list[tuple[int, int, bytes]] = []
+    for i, at, size, to, expected in jobs:
+        data = disk.pread(src, size, at)
+        if len(data) == size and block_hash(data) == expected:
+            out.append((i, to, data))
+    return out
+
+
+def _write_blocks(dst: int, blocks: list[tuple[int, int, bytes]], big: bool) -> None:
+    disk = fs.disk()
+    for _, to, data in blocks:
+        disk.pwrite(dst, data, to)
+        if big:
+            disk.start_writeback(dst, to, len(data))
 
 
 async def fetch(
@@ -408,14 +417,14 @@ async def fetch(
         )
     disk = fs.disk()
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-    fd = disk.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # read: copied blocks are checked
+    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     done: set[int] = set()
     try:
         disk.ftruncate(fd, entry.size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
         big = entry.size >= WRITEBACK_OVER
         if local is not None:
-            await _copy_local(local, entry.blocks, offsets, fd, done, progress, window, big)
+            await _copy_local(local, entry.blocks, offsets, fd, done, progress, big)
 
         count = len(entry.blocks)
         first = source.first_block(entry.content_hash, count) if source is not None and count else 0
@@ -452,39 +461,57 @@ async def fetch(
                 disk.unlink(tmp)
 
 
+COPY_GROUP = 8 * 1024 * 1024  # bytes of kept blocks read and checked at a time
+
+
 async def _copy_local(
-    local: LocalCopy,
-    blocks: list[m.BlockRef],
-    offsets: list[int],
-    fd: int,
-    done: set[int],
-    progress: Progress,
-    window: int,
+    local: LocalCopy, blocks: list[m.BlockRef], offsets: list[int], fd: int, done: set[int], progress: Progress,
     big: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Fill in the blocks ``local`` has (marking them done); a block that cannot
-    be read or no longer hashes right is left for the network."""
+    be read or no longer hashes right is left for the network. Two steps
+    overlap on two threads: one group of blocks is read and hash-checked while
+    the group before it is written (writes to one file gain nothing from more
+    threads). Memory: two groups of about :data:`COPY_GROUP`."""
     have = local.offsets()
+    groups: list[list[tuple[int, int, int, int, bytes]]] = [[]]
+    size = 0
+    for i, ref in enumerate(blocks):
+        if ref.hash in have:
+            if size >= COPY_GROUP:
+                groups.append([])
+                size = 0
+            groups[-1].append((i, *have[ref.hash], offsets[i], ref.hash))
+            size += ref.size
     disk = fs.disk()
     try:
         src = disk.open(local.path, os.O_RDONLY)
     except OSError:
         return
-    slots = asyncio.Semaphore(window)
-
-    async def one(i: int, ref: m.BlockRef) -> None:
-        at, size = have[ref.hash]
-        async with slots:
-            if await disk.run(_copy_block, src, fd, at, size, offsets[i], ref.hash, big):
-                done.add(i)
-                progress(ref.size)
-
+    writing: asyncio.Future[None] | None = None
     try:
-        await gather_all([one(i, ref) for i, ref in enumerate(blocks) if ref.hash in have])
+        for group in groups:
+            checked = await disk.run(_read_checked, src, group)
+            if writing is not None:
+                await asyncio.shield(writing)
+            writing = asyncio.ensure_future(disk.run(_write_blocks, fd, checked, big))
+            writing.add_done_callback(functools.partial(_copied, checked, done, progress))
+        if writing is not None:
+            await asyncio.shield(writing)
     except OSError:
         pass  # the rest comes from the server
     finally:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # cancelled: the file is closed only after its last write
         disk.close(src)
+
+
+def _copied(
+    blocks: list[tuple[int, int, bytes]], done: set[int], progress: Progress, writing: asyncio.Future[None]
+) -> None:
+    if not writing.cancelled() and writing.exception() is None:
+        done.update(i for i, _, _ in blocks)
+        progress(sum(len(data) for _, _, data in blocks))
 
 
 def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:

@@ -25,7 +25,7 @@ import orjson
 from mobile_sdk.cache import BlockCache
 from mobile_sdk.errors import ApiError, FerryError, OfflineError
 from mobile_sdk.transport import Transport
-from protocol.chunking import chunk_stream
+from protocol.chunking import chunk_hashes
 
 PARALLEL_PUTS = 8
 QUERY_BATCH = 10_000
@@ -48,7 +48,7 @@ class Plan:
 
 def chunk_file(src: Path) -> list[tuple[int, int, str]]:
     with open(src, "rb") as f:
-        return [(b.offset, b.length, b.hash.hex()) for b in chunk_stream(f)]
+        return [(offset, length, h.hex()) for offset, length, h in chunk_hashes(f)]
 
 
 def _read_block(src: Path, offset: int, length: int, want: str) -> bytes:

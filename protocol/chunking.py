@@ -7,7 +7,9 @@ Sizes: 256 KiB minimum, 4 MiB maximum, about 1 MiB on average.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +82,67 @@ class _Prefixed:
         b[:n] = self.head[:n]
         self.head = self.head[n:]
         return n
+
+
+PIECE = 16 * 1024 * 1024  # bytes read at a time by :func:`chunk_hashes` (two such buffers in use)
+_hasher: ThreadPoolExecutor | None = None
+
+
+def _hash_thread() -> ThreadPoolExecutor:
+    global _hasher
+    if _hasher is None:
+        _hasher = ThreadPoolExecutor(1, thread_name_prefix="ferry-hash")
+    return _hasher
+
+
+def chunk_hashes(stream: Readable) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, length, hash) of each block of a binary stream: the blocks of
+    :func:`chunk_stream`, cut on this thread while another hashes them, so the
+    two run on two cores (both release the interpreter lock). Memory: two
+    buffers of :data:`PIECE` plus a block."""
+    head = bytearray(MIN_BLOCK + 1)
+    n = _fill(stream, memoryview(head))
+    if n <= MIN_BLOCK:
+        if n:
+            yield 0, n, block_hash(memoryview(head)[:n])
+        return
+    chunker, pool = _chunker(), _hash_thread()
+    buffers = [bytearray(PIECE + MAX_BLOCK), bytearray(PIECE + MAX_BLOCK)]
+    views = [memoryview(b) for b in buffers]
+    views[0][:n] = head[:n]
+    # blocks cut but not yet handed out, oldest first: (offset, length, hash being computed)
+    pending: deque[tuple[int, int, Future[bytes]]] = deque()
+    filled, base, turn, eof = n, 0, 0, False
+    try:
+        while True:
+            view = views[turn]
+            got = _fill(stream, view[filled : PIECE + MAX_BLOCK])
+            filled += got
+            eof = filled < PIECE + MAX_BLOCK
+            at = 0
+            for c in chunker.cut_buf(view[:filled]):
+                if not eof and c.offset + MAX_BLOCK > filled:
+                    break  # too near the end to cut as the stream would: again with more bytes
+                pending.append((base + c.offset, c.length, pool.submit(block_hash, c.data)))
+                at = c.offset + c.length
+            # the other buffer is about to be refilled: hand out every block still hashing from it
+            while pending and pending[0][0] < base:
+                offset, length, future = pending.popleft()
+                yield offset, length, future.result()
+            if eof:
+                break
+            carry = filled - at
+            views[1 - turn][:carry] = view[at:filled]
+            base, filled, turn = base + at, carry, 1 - turn
+        while pending:
+            offset, length, future = pending.popleft()
+            yield offset, length, future.result()
+    finally:
+        for _, _, future in pending:
+            future.cancel()
+        for _, _, future in pending:
+            if not future.cancelled():
+                future.result()  # it still reads a buffer: let it finish before the buffer goes
 
 
 def chunk_bytes(data: bytes) -> list[Block]:

@@ -1,8 +1,9 @@
 """The download's disk steps on a real filesystem: copying kept blocks from
-the old copy (checked where they land), and placing the fetched file."""
+the old copy (each checked as it is read), and placing the fetched file."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from client import transfer
 from client.fs import OsDisk
+from protocol import messages as m
 from protocol.hashing import block_hash
 
 
@@ -18,41 +20,53 @@ def _fd(path: Path, flags: int = os.O_RDONLY) -> int:
     return os.open(path, flags | os.O_CREAT, 0o600)
 
 
-def test_a_kept_block_is_copied_and_checked_where_it_landed(tmp_path: Path) -> None:
+def test_kept_blocks_are_copied_only_if_they_still_hash_right(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.write_bytes(b"x" * 100 + b"the block" + b"y" * 100)
     src, dst = _fd(old), _fd(tmp_path / "new", os.O_RDWR)
     try:
-        assert transfer._copy_block(src, dst, 100, 9, 5, block_hash(b"the block"), big=True)
-        assert os.pread(dst, 9, 5) == b"the block"
-        # the old copy no longer holds that block there: left for the network
-        assert not transfer._copy_block(src, dst, 0, 9, 20, block_hash(b"the block"), big=False)
-        # the old copy is shorter than it was
-        assert not transfer._copy_block(src, dst, 195, 9, 40, block_hash(b"yyyyy"), big=False)
+        os.pwrite(dst, b"-" * 60, 0)
+        jobs = [
+            (0, 100, 9, 5, block_hash(b"the block")),
+            (1, 0, 9, 20, block_hash(b"the block")),  # the old copy no longer holds that block there
+            (2, 195, 9, 40, block_hash(b"yyyyy")),  # the old copy is shorter than it was
+            (3, 100, 9, 50, block_hash(b"the block")),
+        ]
+        checked = transfer._read_checked(src, jobs)
+        assert [(i, to) for i, to, _ in checked] == [(0, 5), (3, 50)]
+        transfer._write_blocks(dst, checked, big=True)
+        assert os.pread(dst, 60, 0) == b"-" * 5 + b"the block" + b"-" * 36 + b"the block" + b"-"
     finally:
         os.close(src)
         os.close(dst)
 
 
-def test_copy_range_reads_and_writes_where_the_kernel_will_not_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = os.urandom(3 * 1024 * 1024 + 5)
-    (tmp_path / "a").write_bytes(data)
-
-    def cross_device(*_args: object) -> int:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "copy_file_range", cross_device)
-    src, dst = _fd(tmp_path / "a"), _fd(tmp_path / "b", os.O_RDWR)
+def test_copy_from_the_old_version_in_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept blocks go in groups (read and checked while the group before is
+    written); a block changed in the old file is left for the network."""
+    monkeypatch.setattr(transfer, "COPY_GROUP", 10)
+    blocks = [bytes([65 + k]) * (5 + k) for k in range(7)]
+    old = tmp_path / "old"
+    old.write_bytes(b"".join(blocks[:6]))
+    with open(old, "r+b") as f:
+        f.seek(5 + 6)  # blocks[2] no longer hashes right there
+        f.write(b"?")
+    refs = [m.BlockRef(block_hash(b), len(b)) for b in blocks]
+    local = transfer.LocalCopy(old, refs[:6])
+    offsets = list(transfer.itertools_accumulate([r.size for r in refs]))
+    fd = _fd(tmp_path / "new", os.O_RDWR)
+    done: set[int] = set()
+    progress: list[int] = []
     try:
-        assert OsDisk.copy_range(src, dst, len(data) - 7, 7, 0) == len(data) - 7
-        # fewer at the end of src
-        assert OsDisk.copy_range(src, dst, 100, len(data) - 10, len(data) - 7) == 10
+        os.ftruncate(fd, sum(r.size for r in refs))
+        asyncio.run(transfer._copy_local(local, refs, offsets, fd, done, progress.append, big=False))
+        assert done == {0, 1, 3, 4, 5}
+        assert sum(progress) == sum(len(blocks[i]) for i in done) and len(progress) > 1
+        for i in done:
+            assert os.pread(fd, refs[i].size, offsets[i]) == blocks[i]
+        assert os.pread(fd, refs[2].size, offsets[2]) == bytes(refs[2].size)  # not written
     finally:
-        os.close(src)
-        os.close(dst)
-    assert (tmp_path / "b").read_bytes() == data[7:] + data[-10:]
+        os.close(fd)
 
 
 def test_placing_over_a_big_file_keeps_its_blocks_aside_to_delete_after(

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.chunking import MAX_BLOCK, MIN_BLOCK, Block, chunk_bytes, chunk_stream
+from protocol import chunking
+from protocol.chunking import MAX_BLOCK, MIN_BLOCK, Block, chunk_bytes, chunk_hashes, chunk_stream
 from protocol.hashing import block_hash, content_hash, parse_hash
 
 MiB = 1024 * 1024
@@ -116,6 +117,27 @@ def test_chunk_stream_equals_chunk_bytes(data: bytes, step: int | None) -> None:
     assert streamed == expected
 
 
+@settings(max_examples=25, deadline=None)
+@given(data=buffers(), step=st.sampled_from([None, 1000, 3 * MiB + 17]),
+       piece=st.sampled_from([1, MIN_BLOCK + 1, 5 * MiB + 3, 16 * MiB]))  # fmt: skip
+def test_chunk_hashes_equals_chunk_bytes(data: bytes, step: int | None, piece: int) -> None:
+    """Cut in pieces on one thread, hashed on another: the same blocks as in one go
+    (``piece`` small, so cuts near each piece's end and short reads are crossed)."""
+    stream = io.BytesIO(data) if step is None else ShortReads(data, step)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chunking, "PIECE", piece)
+        assert list(chunk_hashes(stream)) == summary(chunk_bytes(data))
+
+
+def test_chunk_hashes_stopped_early_leaves_nothing_running() -> None:
+    data = random_bytes(5, 40 * MiB)
+    blocks = chunk_hashes(io.BytesIO(data))
+    first = [next(blocks) for _ in range(3)]
+    blocks.close()  # the buffers are released only after no hash still reads them
+    assert first == summary(chunk_bytes(data))[:3]
+    assert list(chunk_hashes(io.BytesIO(data))) == summary(chunk_bytes(data))
+
+
 @pytest.mark.parametrize("size", [0, 1, 4096, MIN_BLOCK - 1, MIN_BLOCK, MIN_BLOCK + 1, MIN_BLOCK + 70_000])
 @pytest.mark.parametrize("step", [None, 1000, 100_000])
 def test_chunk_stream_around_the_minimum_block(size: int, step: int | None) -> None:
@@ -125,6 +147,8 @@ def test_chunk_stream_around_the_minimum_block(size: int, step: int | None) -> N
     assert _stream_summary(chunk_stream(stream)) == [
         (b.offset, b.length, b.hash, bytes(b.data)) for b in chunk_bytes(data)
     ]
+    stream = io.BytesIO(data) if step is None else ShortReads(data, step)
+    assert list(chunk_hashes(stream)) == summary(chunk_bytes(data))
 
 
 @settings(max_examples=20, deadline=None)

@@ -12,7 +12,6 @@ a subset of what a real one may lose).
 
 from __future__ import annotations
 
-import copy
 import errno
 import io
 import os
@@ -45,6 +44,20 @@ class _Dir:
     entries: dict[str, tuple[str, _File | _Dir]] = field(default_factory=dict)  # key -> (name, node)
 
 
+def _clone(node: _File | _Dir) -> _File | _Dir:
+    """A deep copy of ``node`` (what ``copy.deepcopy`` does, several times faster: bytes are shared)."""
+    if isinstance(node, _File):
+        return _File(node.ino, node.data, node.mode, node.mtime_ns)
+    entries = {key: (name, _clone(child)) for key, (name, child) in node.entries.items()}
+    return _Dir(node.ino, node.mode, node.mtime_ns, entries)
+
+
+def _clone_dir(node: _Dir) -> _Dir:
+    copied = _clone(node)
+    assert isinstance(copied, _Dir)
+    return copied
+
+
 @dataclass
 class _Fd:
     node: _File
@@ -61,7 +74,7 @@ class MemDisk:
         self._ino = 1
         self.root = _Dir(self._next_ino())
         self._fds: dict[int, _Fd] = {}
-        self._durable = copy.deepcopy(self.root)
+        self._durable = _clone_dir(self.root)
 
     # --- names -------------------------------------------------------------------
 
@@ -224,9 +237,6 @@ class MemDisk:
     def link(self, src: object, dst: object) -> None:
         raise _err(errno.EPERM, dst)  # hard links are not simulated (only big files use them)
 
-    def copy_range(self, src: int, dst: int, size: int, src_offset: int, dst_offset: int) -> int:
-        return self.pwrite(dst, self.pread(src, size, src_offset), dst_offset)
-
     def start_writeback(self, fd: int, offset: int, size: int) -> None:
         pass  # a hint only: durability still comes from fsync
 
@@ -349,11 +359,11 @@ class MemDisk:
     # --- durability and crashes ----------------------------------------------------
 
     def barrier(self) -> None:
-        self._durable = copy.deepcopy(self.root)
+        self._durable = _clone_dir(self.root)
 
     def crash(self) -> None:
         """Power loss: back to the last barrier; open files are gone."""
-        self.root = copy.deepcopy(self._durable)
+        self.root = _clone_dir(self._durable)
         self._fds.clear()
 
     # --- for the oracle ---------------------------------------------------------------

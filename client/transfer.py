@@ -420,9 +420,11 @@ async def fetch(
     fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     done: set[int] = set()
     try:
+        big = entry.size >= WRITEBACK_OVER
+        if big:
+            disk.preallocate(fd, entry.size)
         disk.ftruncate(fd, entry.size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
-        big = entry.size >= WRITEBACK_OVER
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, big)
 

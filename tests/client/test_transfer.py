@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client import transfer
+from client import durable, transfer
 from client.fs import OsDisk
 from protocol import messages as m
 from protocol.hashing import block_hash
@@ -107,3 +107,19 @@ def test_a_failed_rename_takes_back_the_link_it_made(tmp_path: Path, monkeypatch
     with pytest.raises(FileNotFoundError):
         transfer.place(tmp_path / "gone", dest, aside)
     assert dest.read_bytes() == b"old" and not aside.exists()
+
+
+def test_a_big_download_reserves_its_space_first(tmp_path: Path) -> None:
+    """``preallocate`` reserves the blocks (where the filesystem can: ext4 here,
+    tmpfs too) without changing what reads back: zeros, as after ``ftruncate``."""
+    fd = _fd(tmp_path / "big", os.O_RDWR)
+    try:
+        durable.preallocate(fd, 0)  # nothing to reserve: no call
+        assert os.fstat(fd).st_blocks == 0
+        durable.preallocate(fd, 3 * 1024 * 1024)
+        info = os.fstat(fd)
+        assert info.st_size == 3 * 1024 * 1024
+        assert info.st_blocks * 512 >= 3 * 1024 * 1024  # allocated, not a hole
+        assert os.pread(fd, 4096, 1024 * 1024) == bytes(4096)
+    finally:
+        os.close(fd)

@@ -237,6 +237,9 @@ class MemDisk:
     def link(self, src: object, dst: object) -> None:
         raise _err(errno.EPERM, dst)  # hard links are not simulated (only big files use them)
 
+    def preallocate(self, fd: int, size: int) -> None:
+        pass  # a hint only: the writes themselves fail on a full disk
+
     def start_writeback(self, fd: int, offset: int, size: int) -> None:
         pass  # a hint only: durability still comes from fsync
 

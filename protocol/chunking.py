@@ -84,7 +84,7 @@ class _Prefixed:
         return n
 
 
-PIECE = 16 * 1024 * 1024  # bytes read at a time by :func:`chunk_hashes` (two such buffers in use)
+PIECE = 4 * 1024 * 1024  # bytes read at a time by :func:`chunk_hashes` (two such buffers in use)
 _hasher: ThreadPoolExecutor | None = None
 
 

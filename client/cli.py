@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from client import history, share
-from client.home import Credentials, NotLoggedIn, home_dir, load_credentials, save_credentials
+from client.home import (
+    Credentials,
+    NotLoggedIn,
+    forget_credentials,
+    home_dir,
+    load_credentials,
+    save_credentials,
+)
 from client.memory import limit_malloc_arenas
 from client.output import human_size, print_json
 from client.transfer import Remote, download, stat_or_none, upload
@@ -55,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--device", default=socket.gethostname(), help="name of this device (default: host name)"
     )
+
+    sub.add_parser("logout", parents=[common], help="log this device out: the server revokes its token, "
+                   "and its credentials here are deleted")  # fmt: skip
 
     put = sub.add_parser("put", parents=[common], help="upload a local file")
     put.add_argument("local", type=Path)
@@ -176,6 +186,8 @@ def _retry_for(args: argparse.Namespace) -> float:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "login":
         return await _login(args)
+    if args.command == "logout":
+        return await _logout(args)
     if args.command == "status":
         return _status(args)
     if args.command == "sync":
@@ -212,6 +224,36 @@ async def _login(args: argparse.Namespace) -> int:
     )
     save_credentials(_home(args), creds)
     print(f"logged in to {url} as {args.user} (device {args.device!r})")
+    return 0
+
+
+async def _logout(args: argparse.Namespace) -> int:
+    """Revoke this device's token on the server, then delete its credentials here. An
+    unreachable server leaves both as they are (the token would still work there)."""
+    import httpx
+
+    home = _home(args)
+    creds = load_credentials(home)
+    try:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            r = await http.post(
+                f"{creds.server}/api/v1/logout", headers={"Authorization": f"Bearer {creds.token}"}
+            )
+    except httpx.HTTPError as e:
+        raise ConnectionLost(
+            f"cannot reach the server at {creds.server} ({e}); still logged in: run `ferry logout` again "
+            "when it is up, or have an admin run `ferry admin device revoke`"
+        ) from None
+    if r.status_code not in (200, 401):  # 401: the token no longer works there anyway
+        try:
+            message = r.json().get("message", r.text)
+        except ValueError:
+            message = r.text.strip() or f"HTTP {r.status_code}"
+        raise ProtocolError(ErrorCode.UNAVAILABLE if r.status_code == 503 else ErrorCode.BAD_REQUEST,
+                            f"{message}; still logged in")  # fmt: skip
+    forget_credentials(home)
+    already = " (its token had already been revoked)" if r.status_code == 401 else ""
+    print(f"logged out of {creds.server}: device {creds.device!r} (id {creds.device_id}){already}")
     return 0
 
 

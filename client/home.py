@@ -44,6 +44,11 @@ def save_credentials(home: Path, creds: Credentials) -> None:
     os.replace(tmp, home / "credentials.json")
 
 
+def forget_credentials(home: Path) -> None:
+    """Delete this device's credentials (after a logout)."""
+    (home / "credentials.json").unlink(missing_ok=True)
+
+
 def load_credentials(home: Path) -> Credentials:
     try:
         data = orjson.loads((home / "credentials.json").read_bytes())

@@ -54,6 +54,7 @@ def openapi(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route(f"{API}/login", meta.login, methods=["POST"]),
+        Route(f"{API}/logout", meta.logout, methods=["POST"]),
         Route(f"{API}/list", meta.list_folder),
         Route(f"{API}/stat", meta.stat),
         Route(f"{API}/cursor", meta.cursor),

@@ -72,6 +72,20 @@ async def login(request: Request) -> Response:
 
 
 @authed
+async def logout(request: Request, who: Principal, services: Services) -> Response:
+    """
+    ---
+    summary: "Log this device out: its token stops working at once and its live connections close"
+    responses:
+      200: {description: '{"device_id", "device"}: the device that was logged out'}
+      401: {description: no valid device token}
+    """
+    with translate_errors():
+        await services.meta.revoke_device(who.device_id, who.user_id)
+    return JSONResponse({"device_id": who.device_id, "device": who.device})
+
+
+@authed
 async def list_folder(request: Request, who: Principal, services: Services) -> Response:
     """
     ---

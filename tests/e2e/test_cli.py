@@ -145,6 +145,46 @@ def test_revoked_device_is_refused(make_server: Callable[..., FerryServer], tmp_
     assert r.returncode == 1 and "revoked" in r.stderr
 
 
+def test_logout_revokes_this_device_only_and_forgets_its_credentials(
+    make_server: Callable[..., FerryServer], tmp_path: Path
+) -> None:
+    server = make_server("file")
+    server.admin("user", "add", "u", "--password-stdin", stdin="pw\n")
+    laptop = Device(tmp_path / "laptop", server).login("u", "pw", "laptop")
+    phone = Device(tmp_path / "phone", server).login("u", "pw", "phone")
+    saved = (laptop.home / "credentials.json").read_text()
+    device_id = json.loads(saved)["device_id"]
+
+    # the server unreachable: nothing changes, and the user is told so
+    away = Device(tmp_path / "away", server)
+    away.home.mkdir()
+    creds = json.loads(saved)
+    creds["server"] = f"http://127.0.0.1:{free_port()}"
+    (away.home / "credentials.json").write_text(json.dumps(creds))
+    r = away.run("logout")
+    assert r.returncode == 3 and "still logged in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (away.home / "credentials.json").exists()
+    laptop.run("ls", check=True)
+
+    r = laptop.run("logout")
+    assert r.returncode == 0 and f"(id {device_id})" in r.stdout, r.stderr
+    assert not (laptop.home / "credentials.json").exists()
+    r = laptop.run("ls")
+    assert r.returncode == 1 and "not logged in" in r.stderr
+    # the token itself no longer works, anywhere
+    stolen = Device(tmp_path / "stolen", server)
+    stolen.home.mkdir()
+    (stolen.home / "credentials.json").write_text(saved)
+    r = stolen.run("ls")
+    assert r.returncode == 1 and "revoked" in r.stderr
+    r = stolen.run("logout")  # already revoked: the local copy is still forgotten
+    assert r.returncode == 0 and "already been revoked" in r.stdout
+    assert not (stolen.home / "credentials.json").exists()
+    phone.run("ls", check=True)  # the user's other devices go on
+    devices = [json.loads(line) for line in server.admin("device", "list", "u").stdout.splitlines()]
+    assert {d["name"]: d["revoked_at"] is not None for d in devices} == {"laptop": True, "phone": False}
+
+
 def test_s3_down_gives_clear_error_and_server_keeps_serving(
     make_server: Callable[..., FerryServer], tmp_path: Path
 ) -> None:

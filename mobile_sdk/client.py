@@ -89,6 +89,17 @@ class Client:
         self.cache.set_state("token", body["token"])
         self.cache.set_state("server", self.t.server_url)
 
+    async def logout(self) -> None:
+        """Revoke this device's token on the server and forget it here (the
+        cache and pins stay). Offline: :class:`OfflineError`, still logged in."""
+        try:
+            await self.t.request("POST", "/logout")
+        except ApiError as e:
+            if e.status != 401:  # 401: the token no longer works there anyway
+                raise
+        self.t.token = None
+        self.cache.set_state("token", None)
+
     # --- metadata ----------------------------------------------------------------------
 
     async def list(self, path: str = "/") -> builtins.list[Entry]:

@@ -73,6 +73,9 @@ class SyncClient:
     def login(self, user: str, password: str, device: str = "phone") -> None:
         self._run(self.client.login(user, password, device))
 
+    def logout(self) -> None:
+        self._run(self.client.logout())
+
     def list(self, path: str = "/") -> builtins.list[Entry]:
         return self._run(self.client.list(path))
 

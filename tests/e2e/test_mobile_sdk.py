@@ -307,3 +307,31 @@ async def test_thumbnails_history_restore_and_sync_wrapper(api_server: FerryServ
         assert [e.path for e in await asyncio.to_thread(sync.list, "/")] == ["/photo.png", "/v.txt"]
     finally:
         await asyncio.to_thread(sync.close)
+
+
+async def test_logout_revokes_the_token_and_forgets_it(api_server: FerryServer, tmp_path: Path) -> None:
+    user, wire = await add_user(api_server), Wire()
+    async with await phone(api_server, tmp_path / "home", wire, user) as c:
+        token = c.t.token
+        assert await c.list("/") == []
+        await c.logout()
+        with pytest.raises(NotLoggedIn):
+            await c.list("/")
+    async with Client(api_server.url, tmp_path / "home") as again:  # forgotten on disk too
+        with pytest.raises(NotLoggedIn):
+            await again.list("/")
+        again.t.token = token  # the old token itself is refused by the server
+        with pytest.raises(ApiError) as e:
+            await again.list("/")
+        assert e.value.status == 401
+        await again.logout()  # already revoked: only forgotten here
+        assert again.t.token is None
+    sync = await asyncio.to_thread(SyncClient, api_server.url, tmp_path / "blocking")
+    try:
+        await asyncio.to_thread(sync.login, user, "pw")
+        assert await asyncio.to_thread(sync.list, "/") == []
+        await asyncio.to_thread(sync.logout)
+        with pytest.raises(NotLoggedIn):
+            await asyncio.to_thread(sync.list, "/")
+    finally:
+        await asyncio.to_thread(sync.close)

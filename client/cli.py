@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client import history, share
 from client.home import (
@@ -37,6 +37,9 @@ from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.framing import to_wire
 from protocol.paths import name_of, validate_path
+
+if TYPE_CHECKING:
+    import httpx
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -211,12 +214,8 @@ async def _login(args: argparse.Namespace) -> int:
     except httpx.HTTPError as e:
         raise ConnectionLost(f"cannot reach the server at {url}: {e}") from None
     if r.status_code != 200:
-        try:
-            message = r.json().get("message", r.text)
-        except ValueError:
-            message = r.text.strip() or f"HTTP {r.status_code}"
         raise ProtocolError(
-            ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, message
+            ErrorCode.UNAUTHORIZED if r.status_code == 401 else ErrorCode.BAD_REQUEST, _reply_message(r)
         )
     body = r.json()
     creds = Credentials(
@@ -225,6 +224,14 @@ async def _login(args: argparse.Namespace) -> int:
     save_credentials(_home(args), creds)
     print(f"logged in to {url} as {args.user} (device {args.device!r})")
     return 0
+
+
+def _reply_message(r: httpx.Response) -> str:
+    """The message of an HTTP API error reply."""
+    try:
+        return str(r.json().get("message", r.text))
+    except (ValueError, AttributeError):
+        return r.text.strip() or f"HTTP {r.status_code}"
 
 
 async def _logout(args: argparse.Namespace) -> int:
@@ -240,17 +247,12 @@ async def _logout(args: argparse.Namespace) -> int:
                 f"{creds.server}/api/v1/logout", headers={"Authorization": f"Bearer {creds.token}"}
             )
     except httpx.HTTPError as e:
-        raise ConnectionLost(
-            f"cannot reach the server at {creds.server} ({e}); still logged in: run `ferry logout` again "
-            "when it is up, or have an admin run `ferry admin device revoke`"
-        ) from None
+        print(f"ferry: cannot reach the server at {creds.server} ({e}); still logged in: run `ferry logout` "
+              "again when it is up, or have an admin run `ferry admin device revoke`", file=sys.stderr)  # fmt: skip
+        return EXIT_UNREACHABLE
     if r.status_code not in (200, 401):  # 401: the token no longer works there anyway
-        try:
-            message = r.json().get("message", r.text)
-        except ValueError:
-            message = r.text.strip() or f"HTTP {r.status_code}"
         raise ProtocolError(ErrorCode.UNAVAILABLE if r.status_code == 503 else ErrorCode.BAD_REQUEST,
-                            f"{message}; still logged in")  # fmt: skip
+                            f"{_reply_message(r)}; still logged in")  # fmt: skip
     forget_credentials(home)
     already = " (its token had already been revoked)" if r.status_code == 401 else ""
     print(f"logged out of {creds.server}: device {creds.device!r} (id {creds.device_id}){already}")

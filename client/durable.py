@@ -52,8 +52,8 @@ _fallocate = _linux_call("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64
 
 def preallocate(fd: int, size: int) -> None:
     """Reserve the disk space of a file about to be written in full (``size``
-    bytes from offset 0): ext4 and XFS then write it out with less work for
-    each page (on this kind of machine, writing 1 GiB took half the CPU).
+    bytes from offset 0): on ext4 here, writing 1 GiB into a file so reserved
+    took about half the CPU of writing it into a sparse one.
     Only a hint: a no-op where the filesystem or system cannot, and errors are
     ignored (a full disk still fails the writes themselves)."""
     if _fallocate is not None and size > 0:

@@ -202,9 +202,15 @@ def _query(req_id: int, hashes: list[bytes]) -> m.QueryBlocks:
     return m.QueryBlocks(req_id, hashes)
 
 
-def _read_block(fd: int, offset: int, size: int, expected: bytes, src: Path) -> bytes:
+def _block_at(fd: int, offset: int, size: int, expected: bytes) -> bytes | None:
+    """The block at ``offset`` of an open file, or None if it is not (any more) ``expected``."""
     data = fs.disk().pread(fd, size, offset)
-    if len(data) != size or block_hash(data) != expected:
+    return data if len(data) == size and block_hash(data) == expected else None
+
+
+def _read_block(fd: int, offset: int, size: int, expected: bytes, src: Path) -> bytes:
+    data = _block_at(fd, offset, size, expected)
+    if data is None:
         raise ProtocolError(ErrorCode.CONFLICT, f"{src} changed while uploading; it will be sent again")
     return data
 
@@ -378,11 +384,9 @@ def _read_checked(src: int, jobs: list[tuple[int, int, int, int, bytes]]) -> lis
     """For each job ``(index, at, size, to, expected)`` read the block at ``at``
     of a local file: ``(index, to, bytes)`` of those that are (still) the block
     expected; the others are left for the network."""
-    disk = fs.disk()
     out: list[tuple[int, int, bytes]] = []
     for i, at, size, to, expected in jobs:
-        data = disk.pread(src, size, at)
-        if len(data) == size and block_hash(data) == expected:
+        if (data := _block_at(src, at, size, expected)) is not None:
             out.append((i, to, data))
     return out
 
@@ -476,44 +480,40 @@ async def _copy_local(
     the group before it is written (writes to one file gain nothing from more
     threads). Memory: two groups of about :data:`COPY_GROUP`."""
     have = local.offsets()
-    groups: list[list[tuple[int, int, int, int, bytes]]] = [[]]
+    groups: list[list[tuple[int, int, int, int, bytes]]] = []
     size = 0
     for i, ref in enumerate(blocks):
         if ref.hash in have:
-            if size >= COPY_GROUP:
+            if not groups or size >= COPY_GROUP:
                 groups.append([])
                 size = 0
             groups[-1].append((i, *have[ref.hash], offsets[i], ref.hash))
             size += ref.size
+    if not groups:
+        return
     disk = fs.disk()
     try:
         src = disk.open(local.path, os.O_RDONLY)
     except OSError:
         return
     writing: asyncio.Future[None] | None = None
+    written: list[tuple[int, int, bytes]] = []  # what ``writing`` writes
     try:
-        for group in groups:
-            checked = await disk.run(_read_checked, src, group)
+        for group in [*groups, None]:  # None: a last turn to wait for the last write
+            checked = await disk.run(_read_checked, src, group) if group is not None else []
             if writing is not None:
-                await asyncio.shield(writing)
-            writing = asyncio.ensure_future(disk.run(_write_blocks, fd, checked, big))
-            writing.add_done_callback(functools.partial(_copied, checked, done, progress))
-        if writing is not None:
-            await asyncio.shield(writing)
+                await asyncio.shield(writing)  # cancelled meanwhile: still awaited below
+                done.update(i for i, _, _ in written)
+                progress(sum(len(data) for _, _, data in written))
+                writing = None
+            if checked:
+                writing, written = asyncio.ensure_future(disk.run(_write_blocks, fd, checked, big)), checked
     except OSError:
         pass  # the rest comes from the server
     finally:
         if writing is not None and not writing.done():
             await asyncio.wait([writing])  # cancelled: the file is closed only after its last write
         disk.close(src)
-
-
-def _copied(
-    blocks: list[tuple[int, int, bytes]], done: set[int], progress: Progress, writing: asyncio.Future[None]
-) -> None:
-    if not writing.cancelled() and writing.exception() is None:
-        done.update(i for i, _, _ in blocks)
-        progress(sum(len(data) for _, _, data in blocks))
 
 
 def _seal(fd: int, mode: int, mtime_ns: int, tmp: Path) -> None:

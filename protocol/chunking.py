@@ -39,22 +39,24 @@ def _chunker() -> FastCDC:
     return FastCDC(_AVG_PARAM, min_size=MIN_BLOCK, max_size=MAX_BLOCK, normalized_chunking=1)
 
 
+# A stream no longer than MIN_BLOCK is one block: no cut comes before MIN_BLOCK,
+# so both chunkers hand it out without setting pyfastcdc up (~1 ms a file: most
+# of a small file's cost). They read MIN_BLOCK + 1 bytes first to tell.
+
+
 def chunk_stream(stream: Readable) -> Iterator[Block]:
     """Cut a binary stream into hashed blocks; memory stays at a few MiB.
 
     Each ``Block.data`` is only valid until the iterator advances: copy it
     (``bytes(block.data)``) if it must outlive the step.
     """
-    head = bytearray(MIN_BLOCK + 1)
-    n = _fill(stream, memoryview(head))
+    head = memoryview(bytearray(MIN_BLOCK + 1))
+    n = _fill(stream, head)
     if n <= MIN_BLOCK:
-        # no cut comes before MIN_BLOCK, so this is the one block the chunker would
-        # give, without setting it up (~1 ms a file: most of a small file's cost)
         if n:
-            data = memoryview(head)[:n]
-            yield Block(0, n, block_hash(data), data)
+            yield Block(0, n, block_hash(head[:n]), head[:n])
         return
-    for c in _chunker().cut_stream(_Prefixed(memoryview(head), stream)):
+    for c in _chunker().cut_stream(_Prefixed(head, stream)):
         yield Block(c.offset, c.length, block_hash(c.data), c.data)
 
 
@@ -100,25 +102,23 @@ def chunk_hashes(stream: Readable) -> Iterator[tuple[int, int, bytes]]:
     :func:`chunk_stream`, cut on this thread while another hashes them, so the
     two run on two cores (both release the interpreter lock). Memory: two
     buffers of :data:`PIECE` plus a block."""
-    head = bytearray(MIN_BLOCK + 1)
-    n = _fill(stream, memoryview(head))
+    head = memoryview(bytearray(MIN_BLOCK + 1))
+    n = _fill(stream, head)
     if n <= MIN_BLOCK:
         if n:
-            yield 0, n, block_hash(memoryview(head)[:n])
+            yield 0, n, block_hash(head[:n])
         return
     chunker, pool = _chunker(), _hash_thread()
-    buffers = [bytearray(PIECE + MAX_BLOCK), bytearray(PIECE + MAX_BLOCK)]
-    views = [memoryview(b) for b in buffers]
+    views = [memoryview(bytearray(PIECE + MAX_BLOCK)) for _ in range(2)]
     views[0][:n] = head[:n]
     # blocks cut but not yet handed out, oldest first: (offset, length, hash being computed)
     pending: deque[tuple[int, int, Future[bytes]]] = deque()
-    filled, base, turn, eof = n, 0, 0, False
+    filled, base, turn = n, 0, 0
     try:
         while True:
             view = views[turn]
-            got = _fill(stream, view[filled : PIECE + MAX_BLOCK])
-            filled += got
-            eof = filled < PIECE + MAX_BLOCK
+            filled += _fill(stream, view[filled:])
+            eof = filled < len(view)
             at = 0
             for c in chunker.cut_buf(view[:filled]):
                 if not eof and c.offset + MAX_BLOCK > filled:
@@ -126,17 +126,15 @@ def chunk_hashes(stream: Readable) -> Iterator[tuple[int, int, bytes]]:
                 pending.append((base + c.offset, c.length, pool.submit(block_hash, c.data)))
                 at = c.offset + c.length
             # the other buffer is about to be refilled: hand out every block still hashing from it
-            while pending and pending[0][0] < base:
+            # (at the end: every block)
+            while pending and (eof or pending[0][0] < base):
                 offset, length, future = pending.popleft()
                 yield offset, length, future.result()
             if eof:
-                break
+                return
             carry = filled - at
             views[1 - turn][:carry] = view[at:filled]
             base, filled, turn = base + at, carry, 1 - turn
-        while pending:
-            offset, length, future = pending.popleft()
-            yield offset, length, future.result()
     finally:
         for _, _, future in pending:
             future.cancel()

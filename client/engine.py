@@ -35,7 +35,7 @@ from client import diskspace, durable, fs, mounts, names
 from client import planner as p
 from client.clock import Clock, SystemClock
 from client.home import Credentials
-from client.lan.node import LanNode, LanOptions, Scope
+from client.lan.node import LanNode, LanOptions, Scope, Seen
 from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
 from client.state import Observed, State
 from client.transfer import (
@@ -120,9 +120,8 @@ class Engine:
             if lan and lan.enabled
             else None
         )
-        self._index: dict[
-            bytes, list[tuple[str, int, int]]
-        ] = {}  # block -> (path, offset, size): what we serve
+        # block -> (path, offset, size, the file as last scanned): what we serve
+        self._index: dict[bytes, list[tuple[str, int, int, Seen]]] = {}
         self._index_stale = True
         self._index_at = 0.0  # clock.monotonic() of the last rebuild
         self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
@@ -188,15 +187,15 @@ class Engine:
         )
         return reply
 
-    def _locate(self, h: bytes) -> list[tuple[Path, int, int, int]]:
+    def _locate(self, h: bytes) -> list[tuple[Path, int, int, int, Seen]]:
         """Where this device holds block ``h``, with each file's namespace."""
         if self._index_stale and self.clock.monotonic() - self._index_at > 1.0:
             self._rebuild_index()  # files placed since: serve them now, not after the next cycle
         out = []
-        for path, offset, size in self._index.get(h, ()):
+        for path, offset, size, seen in self._index.get(h, ()):
             space = mounts.mount_of(path, self.spaces)
             if space is not None:
-                out.append((self.disk(path), offset, size, space.ns))
+                out.append((self.disk(path), offset, size, space.ns, seen))
         return out
 
     def _ns_of(self, path: str) -> int:
@@ -210,11 +209,11 @@ class Engine:
     def _rebuild_index(self) -> None:
         if self.lan is None or not self._index_stale:
             return
-        index: dict[bytes, list[tuple[str, int, int]]] = {}
-        for path, blocks in self.state.held_files():
+        index: dict[bytes, list[tuple[str, int, int, Seen]]] = {}
+        for path, blocks, seen in self.state.held_files():
             offset = 0
             for b in blocks:
-                index.setdefault(b.hash, []).append((path, offset, b.size))
+                index.setdefault(b.hash, []).append((path, offset, b.size, seen))
                 offset += b.size
         self._index, self._index_stale, self._index_at = index, False, self.clock.monotonic()
 

@@ -264,18 +264,19 @@ class State:
                     (dst, len(src) + 1, src, lo, hi),
                 )
 
-    def held_files(self) -> Iterator[tuple[str, list[m.BlockRef]]]:
+    def held_files(self) -> Iterator[tuple[str, list[m.BlockRef], tuple[int, int, int]]]:
         """Files on disk as last synced (their observed content is the synced
-        version's), with that version's blocks: what this device can serve
-        to LAN peers (each block is hash-checked again when read)."""
+        version's), with that version's blocks and the (size, mtime_ns, inode)
+        the scan saw: what this device can serve to LAN peers."""
         rows = self.db.execute(
-            "SELECT r.path, r.entry, s.content_hash FROM remote r JOIN synced s ON s.path = r.path"
-            " JOIN observed o ON o.path = r.path WHERE s.kind = 'file' AND s.content_hash = o.content_hash"
+            "SELECT r.path, r.entry, s.content_hash, o.size, o.mtime_ns, o.inode FROM remote r"
+            " JOIN synced s ON s.path = r.path JOIN observed o ON o.path = r.path"
+            " WHERE s.kind = 'file' AND s.content_hash = o.content_hash"
         ).fetchall()
-        for path, blob, digest in rows:
+        for path, blob, digest, size, mtime_ns, inode in rows:
             e = orjson.loads(blob)
             if e.get("blocks") and e.get("content_hash") == bytes(digest).hex():
-                yield path, from_wire(list[m.BlockRef], e["blocks"], "blocks")
+                yield path, from_wire(list[m.BlockRef], e["blocks"], "blocks"), (size, mtime_ns, inode)
 
     # --- observed local files ----------------------------------------------------------
 

@@ -299,6 +299,14 @@ def stream_frame(payload: str | bytes) -> bytes:
     return _STREAM_HEADER.pack(BINARY, len(payload)) + payload
 
 
+def stream_block_header(kind: int, req_id: int, block_hash: bytes, size: int) -> bytes:
+    """What goes before a block's ``size`` bytes in a stream: the same frame as
+    ``stream_frame(encode_block(...))`` without copying the bytes into it."""
+    if len(block_hash) != HASH_BYTES:
+        raise ValueError(f"a block hash is {HASH_BYTES} bytes, got {len(block_hash)}")
+    return _STREAM_HEADER.pack(BINARY, HEADER_SIZE + size) + HEADER.pack(kind, req_id, block_hash)
+
+
 class StreamDecoder:
     """Feed bytes as they arrive; take whole frames out. Rejects a frame whose
     announced length exceeds ``max_frame`` before buffering its payload."""
@@ -321,7 +329,8 @@ class StreamDecoder:
             end = _STREAM_HEADER.size + length
             if len(self._buf) < end:
                 return
-            payload = bytes(self._buf[_STREAM_HEADER.size : end])
+            with memoryview(self._buf) as view:  # one copy, not a slice and then a copy of it
+                payload = bytes(view[_STREAM_HEADER.size : end])
             del self._buf[:end]
             if kind == BINARY:
                 self._out.append(payload)

@@ -66,6 +66,14 @@ class _Framed:
             self.writer.write(framing.stream_frame(data))
             await self.writer.drain()
 
+    async def send_block(self, req_id: int, h: bytes, data: bytes | memoryview) -> None:
+        """A DATA block frame, its bytes handed to the transport as they are."""
+        head = framing.stream_block_header(framing.KIND_DATA, req_id, h, len(data))
+        async with self._lock:
+            self.writer.write(head)
+            self.writer.write(data)
+            await self.writer.drain()
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
@@ -250,7 +258,7 @@ async def _answer(framed: _Framed, frame: str | bytes, allowed: frozenset[str], 
         data = await serving.read_block(msg.hash, allowed) if allowed else None
         if data is None:  # the same answer whether it is not here or not theirs to read
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no block {msg.hash.hex()[:12]} here")
-        await framed.send(framing.encode_block(framing.KIND_DATA, msg.id, msg.hash, data))
+        await framed.send_block(msg.id, msg.hash, data)
         serving.on_served(len(data))
     except ProtocolError as e:
         with contextlib.suppress(Exception):

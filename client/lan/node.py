@@ -53,7 +53,9 @@ SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
 DISCOVERY_GRACE = 0.2  # s to hear the peers in sight answer our first announcement
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
 
-Locate = Callable[[bytes], list[tuple[Path, int, int, int]]]  # hash -> (file, offset, size, ns)
+# (size, mtime_ns, inode) of a file as the last scan saw it; None: our own staging file
+Seen = tuple[int, int, int] | None
+Locate = Callable[[bytes], list[tuple[Path, int, int, int, Seen]]]  # hash -> (file, offset, size, ns, seen)
 AskTickets = Callable[[bytes], Awaitable[m.LanTicketsReply]]
 
 
@@ -360,12 +362,12 @@ class LanNode:
 
     async def _read_block(self, h: bytes, allowed: frozenset[str]) -> bytes | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
-        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
-        for path, offset, size, ns in [*self.locate(h), *partial]:
+        partial = [(path, *where, None) for path, where in self.partial.get(h, {}).items()]
+        for path, offset, size, ns, seen in [*self.locate(h), *partial]:
             if tag_of.get(ns) not in allowed:
                 continue
             async with self._blocks:  # disk reads for peers, at most max_blocks at once
-                data = await asyncio.to_thread(_read_checked, path, offset, size, h)
+                data = await asyncio.to_thread(_read_served, path, offset, size, h, seen)
                 if data is not None:
                     await self._pace(size)
                     return data
@@ -427,16 +429,26 @@ class Scope:
                 del self.node.partial[h]
 
 
-def _read_checked(path: Path, offset: int, size: int, h: bytes) -> bytes | None:
-    """The block at ``offset`` of ``path`` if it still hashes to ``h`` (the file may have changed)."""
+def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> bytes | None:
+    """The block at ``offset`` of ``path`` if it is still ``h``. Hashed only when
+    the file is no longer as the last scan saw it (``seen``: size, mtime and
+    inode, the scanner's own test of "unchanged", taken after the read); a
+    staging file of ours (``seen`` None) holds only blocks checked as they
+    arrived. The asker hashes every block whoever sends it, so this saves the
+    serving side a second SHA-256 of everything it serves, not a check."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
         data = os.pread(fd, size, offset)
+        st = os.fstat(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return data if len(data) == size and block_hash(data) == h else None
+    if len(data) != size:
+        return None
+    if seen is None or (st.st_size, st.st_mtime_ns, st.st_ino) == seen:
+        return data
+    return data if block_hash(data) == h else None

@@ -59,3 +59,30 @@ def test_blocks_of_a_half_fetched_file_are_forgotten_when_it_is_released(tmp_pat
     scope.holding(b"h1", tmp_path / "t2", 0, 10)
     scope.released(tmp_path / "t1")
     assert lan.partial == {b"h1": {tmp_path / "t2": (0, 10, 3)}}
+
+
+def test_a_served_block_is_hashed_only_when_its_file_changed_since_the_scan(tmp_path: Path) -> None:
+    import os
+
+    from client.lan.node import _read_served
+    from protocol.hashing import block_hash
+
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 100 + b"b" * 100)
+    st = os.stat(path)
+    seen = (st.st_size, st.st_mtime_ns, st.st_ino)
+    h = block_hash(b"b" * 100)
+    assert _read_served(path, 100, 100, h, seen) == b"b" * 100
+    # as the scan saw it: trusted without a hash (a wrong name shows none was taken;
+    # the asker's own check is what refuses a wrong block)
+    assert _read_served(path, 100, 100, b"\0" * 32, seen) == b"b" * 100
+    with open(path, "r+b") as f:  # changed since the scan: now each block is hashed
+        f.seek(100)
+        f.write(b"c" * 100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (the clock may not have ticked)
+    assert _read_served(path, 100, 100, h, seen) is None
+    assert _read_served(path, 0, 100, block_hash(b"a" * 100), seen) == b"a" * 100  # this one is still right
+    assert _read_served(path, 150, 100, h, seen) is None  # past the end
+    assert _read_served(tmp_path / "gone", 0, 100, h, seen) is None
+    # a staging file of ours: its blocks were checked as they arrived
+    assert _read_served(path, 100, 100, b"\0" * 32, None) == b"c" * 100

@@ -27,6 +27,7 @@ from protocol.framing import (
     encode,
     encode_block,
     error_for,
+    stream_block_header,
     stream_frame,
 )
 
@@ -463,6 +464,23 @@ def test_stream_frame_header_layout() -> None:
     assert stream_frame("é") == bytes([TEXT]) + (2).to_bytes(4, "big") + "é".encode()
     assert stream_frame(b"xyz") == bytes([BINARY]) + (3).to_bytes(4, "big") + b"xyz"
     assert stream_frame("") == bytes([TEXT, 0, 0, 0, 0])
+
+
+@given(kind=st.sampled_from([KIND_PUT, KIND_DATA]), req_id=st.integers(0, 2**32 - 1), block_hash=HASHES,
+       data=st.binary(max_size=2048))  # fmt: skip
+def test_stream_block_header_is_the_frame_without_the_bytes(
+    kind: int, req_id: int, block_hash: bytes, data: bytes
+) -> None:
+    """Header then bytes, written apart, are the same stream as the whole frame."""
+    head = stream_block_header(kind, req_id, block_hash, len(data))
+    assert head + data == stream_frame(encode_block(kind, req_id, block_hash, data))
+    dec = StreamDecoder(4096)
+    dec.receive_data(head)
+    dec.receive_data(data)
+    (frame,) = dec.frames_received()
+    assert bytes(decode_block(frame).data) == data
+    with pytest.raises(ValueError):
+        stream_block_header(kind, req_id, block_hash[:31], len(data))
 
 
 def _assert_drained(dec: StreamDecoder) -> None:

@@ -21,7 +21,10 @@ fast as the peers, which shows the bytes saved but not the time.
 
 Server bytes: ``ferry_block_bytes_sent_total`` from the server's ``/metrics``
 before t0 and after both arrived (block bytes sent to clients; uploads are
-not counted). Contents are checked with SHA-256 after the timed window.
+not counted). CPU: seconds all cores spent busy in the timed window
+(/proc/stat), whoever spent them. Contents are checked with SHA-256 after
+the timed window. Before each run the disk is synced and the last run's
+folders are removed, so no run pays for the one before.
 
 Needs PostgreSQL (127.0.0.1:5432 or $FERRY_TEST_DATABASE_URL, else the
 embedded one). Prints one line per run and a final JSON line.
@@ -45,9 +48,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.sync import cpu_delta, cpu_snapshot, system_busy_s  # noqa: E402
 from server.config import parse_size  # noqa: E402
 from tests.support.lan import digest, sent  # noqa: E402
 from tests.support.moto_server import free_port  # noqa: E402
@@ -145,12 +151,20 @@ def run(scenario: str, lan: str, size: int, pg_admin: str, root: Path, uplink: f
         folders = [root / f"folder-{n}" for n in "abc"]
         ports = [free_port() for _ in devices]
 
+        roles: dict[str, list[psutil.Process]] = {
+            "server": [psutil.Process(server.proc.pid)],
+            "a": [],
+            "b": [],
+            "c": [],
+        }
+
         def live(i: int) -> subprocess.Popen[str]:
             peers = [arg for j, p in enumerate(ports) if j != i for arg in ("--lan-peer", f"127.0.0.1:{p}")]
             proc = devices[i].popen(
                 "sync", str(folders[i]), "--lan", lan, "--lan-port", str(ports[i]), *peers
             )
             procs.append(proc)
+            roles["abc"[i]].append(psutil.Process(proc.pid))
             return proc
 
         staged = root / "big.bin"
@@ -160,17 +174,21 @@ def run(scenario: str, lan: str, size: int, pg_admin: str, root: Path, uplink: f
                 folders[i].mkdir()
                 live(i)
             time.sleep(3)  # all three up and idle (their first, empty cycles done)
-            before, t0 = sent(server), time.monotonic()
+            before, t0, busy0, cpu0 = sent(server), time.monotonic(), system_busy_s(), cpu_snapshot(roles)
             os.rename(staged, folders[0] / "big.bin")
         else:
             folders[0].mkdir()
             os.rename(staged, folders[0] / "big.bin")
             devices[0].run("sync", str(folders[0]), "--once", "--lan", "off", check=True, timeout=1800)
-            before, t0 = sent(server), time.monotonic()
+            before, t0, busy0, cpu0 = sent(server), time.monotonic(), system_busy_s(), cpu_snapshot(roles)
             live(1)
             live(2)
         wait_all([folders[1] / "big.bin", folders[2] / "big.bin"], size, procs)
-        elapsed = time.monotonic() - t0
+        elapsed, busy, cpu = (
+            time.monotonic() - t0,
+            system_busy_s() - busy0,
+            cpu_delta(cpu0, cpu_snapshot(roles)),
+        )
         server_bytes = sent(server) - before
         for f in folders[1:]:
             assert digest(f / "big.bin") == want, f"{f}/big.bin differs"
@@ -180,6 +198,7 @@ def run(scenario: str, lan: str, size: int, pg_admin: str, root: Path, uplink: f
             status = json.loads((d.home / "status.json").read_text())["folders"][str(f.resolve())]
             lan_figures[f.name] = {k: v for k, v in status.get("lan", {}).items() if k != "peers"}
         return {"scenario": scenario, "lan": lan, "size": size, "uplink_MBps": uplink, "seconds": round(elapsed, 2),
+                "cpu_s": round(busy, 1), "cpu_by": {k: round(v, 1) for k, v in cpu.items() if k != "bench"},
                 "server_bytes": server_bytes, "x_file": round(server_bytes / size, 3), "devices": lan_figures}  # fmt: skip
     finally:
         stop(procs)
@@ -205,8 +224,8 @@ def main() -> int:
                 os.sync()  # the run before left gigabytes to write back: not on this run's clock
                 result = run(scenario, lan, args.size, pg_admin, root, args.uplink)
                 shutil.rmtree(root, ignore_errors=True)
-                print(f"{scenario:6} lan {lan:3}: {result['seconds']:7.2f} s, server sent "
-                      f"{result['server_bytes'] / MiB:8.1f} MiB ({result['x_file']} x the file)", flush=True)  # fmt: skip
+                print(f"{scenario:6} lan {lan:3}: {result['seconds']:7.2f} s ({result['cpu_s']:5.1f} s CPU), server sent "
+                      f"{result['server_bytes'] / MiB:8.1f} MiB ({result['x_file']} x the file); CPU s {result['cpu_by']}", flush=True)  # fmt: skip
                 results.append(result)
     print(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} cpus", "results": results}))
     return 0

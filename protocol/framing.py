@@ -308,39 +308,60 @@ def stream_block_header(kind: int, req_id: int, block_hash: bytes, size: int) ->
 
 
 class StreamDecoder:
-    """Feed bytes as they arrive; take whole frames out. Rejects a frame whose
-    announced length exceeds ``max_frame`` before buffering its payload."""
+    """Feed bytes as they arrive (``receive_data``), or let a transport write
+    them straight into ``get_buffer()`` and report ``buffer_updated(n)`` (a
+    frame's payload then lands in its own buffer, never copied); take whole
+    frames out: ``str`` for text, ``bytearray`` for binary. Rejects a frame
+    whose announced length exceeds ``max_frame`` before buffering its payload."""
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
-        self._buf = bytearray()
-        self._out: list[str | bytes] = []
+        self._head = bytearray(_STREAM_HEADER.size)
+        self._body: bytearray | None = None  # the payload being filled, once its header is in
+        self._kind = TEXT
+        self._got = 0  # bytes of the header, then of the payload, filled so far
+        self._out: list[str | bytearray] = []
 
-    def receive_data(self, data: bytes) -> None:
-        self._buf += data
-        while len(self._buf) >= _STREAM_HEADER.size:
-            kind, length = _STREAM_HEADER.unpack_from(self._buf)
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes go (never empty)."""
+        return memoryview(self._head if self._body is None else self._body)[self._got :]
+
+    def buffer_updated(self, n: int) -> None:
+        self._got += n
+        if self._body is None:
+            if self._got < len(self._head):
+                return
+            kind, length = _STREAM_HEADER.unpack(self._head)
             if kind not in (TEXT, BINARY):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown stream frame kind {kind}")
             if length > self.max_frame:
                 raise ProtocolError(
                     ErrorCode.TOO_LARGE, f"frame of {length} bytes exceeds the {self.max_frame}-byte limit"
                 )
-            end = _STREAM_HEADER.size + length
-            if len(self._buf) < end:
+            self._kind, self._body, self._got = kind, bytearray(length), 0
+            if length:
                 return
-            with memoryview(self._buf) as view:  # one copy, not a slice and then a copy of it
-                payload = bytes(view[_STREAM_HEADER.size : end])
-            del self._buf[:end]
-            if kind == BINARY:
-                self._out.append(payload)
-                continue
-            try:
-                self._out.append(payload.decode())
-            except UnicodeDecodeError:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "text frame is not valid UTF-8") from None
+        elif self._got < len(self._body):
+            return
+        body, self._body, self._got = self._body, None, 0
+        if self._kind == BINARY:
+            self._out.append(body)
+            return
+        try:
+            self._out.append(body.decode())
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "text frame is not valid UTF-8") from None
 
-    def frames_received(self) -> list[str | bytes]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            buf = self.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def frames_received(self) -> list[str | bytearray]:
         out, self._out = self._out, []
         return out
 

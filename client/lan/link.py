@@ -13,15 +13,17 @@ not it holds the block), and drops the link when the asker's ticket expires.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
 import itertools
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from client.lan.identity import Identity, check_requester, check_ticket, client_context
 from protocol import PROTOCOL_VERSIONS, framing
@@ -42,49 +44,137 @@ class PeerGone(Exception):
     """The peer is unreachable, refused us, or the link dropped: ask elsewhere."""
 
 
-class _Framed:
-    """Frames over an asyncio stream pair."""
+class Framed(asyncio.BufferedProtocol):
+    """Frames over a TLS connection. The transport decrypts straight into the
+    frame decoder's buffer (each block's payload lands in its own buffer, not
+    copied through a stream buffer); reading pauses while ``QUEUED`` frames
+    wait unread, and sends wait while the transport's buffer is full."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    QUEUED = 16
+
+    def __init__(self, on_link: Callable[[Framed], Coroutine[Any, Any, None]] | None = None) -> None:
         self.decoder = framing.StreamDecoder(MAX_FRAME + 1024)
-        self._ready: list[str | bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self._on_link = on_link  # serving end: run for the link once it is up
+        self._task: asyncio.Task[None] | None = None
+        self._frames: collections.deque[str | bytearray] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._broken: Exception | None = None  # a bad frame, or the link closed
+        self._reading_paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._lost = asyncio.get_running_loop().create_future()
         self._lock = asyncio.Lock()
 
-    async def read(self) -> str | bytes:
-        while not self._ready:
-            data = await self.reader.read(1024 * 1024)
-            if not data:
-                raise PeerGone("peer closed the link")
-            self.decoder.receive_data(data)
-            self._ready = self.decoder.frames_received()
-        return self._ready.pop(0)
+    # -- asyncio.BufferedProtocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's TLS transport is not a subclass)
+        if self._on_link is not None:
+            self._task = asyncio.get_running_loop().create_task(self._on_link(self))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.decoder.buffer_updated(nbytes)
+        except ProtocolError as e:
+            self._break(e)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        frames = self.decoder.frames_received()
+        if frames:
+            self._frames.extend(frames)
+            self._wake()
+            if len(self._frames) >= self.QUEUED and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._break(PeerGone(str(exc) if exc else "peer closed the link"))
+        self._can_write.set()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def _break(self, e: Exception) -> None:
+        if self._broken is None:
+            self._broken = e
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- for the two ends ----------------------------------------------------------------
+
+    def peer_cert(self) -> bytes | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+
+    async def read(self) -> str | bytearray:
+        while not self._frames:
+            if self._broken is not None:
+                raise self._broken
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frame = self._frames.popleft()
+        if self._reading_paused and len(self._frames) <= self.QUEUED // 4 and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return frame
+
+    async def _write(self, *parts: bytes | memoryview) -> None:
+        async with self._lock:
+            if self._broken is not None or self.transport is None or self.transport.is_closing():
+                raise PeerGone(str(self._broken or "link closed"))
+            for part in parts:
+                self.transport.write(part)
+            await self._can_write.wait()
+            if self._broken is not None:
+                raise PeerGone(str(self._broken))
 
     async def send(self, payload: m.Message | bytes) -> None:
         data = framing.encode(payload) if isinstance(payload, m.Message) else payload
-        async with self._lock:
-            self.writer.write(framing.stream_frame(data))
-            await self.writer.drain()
+        await self._write(framing.stream_frame(data))
 
     async def send_block(self, req_id: int, h: bytes, data: bytes | memoryview) -> None:
         """A DATA block frame, its bytes handed to the transport as they are."""
-        head = framing.stream_block_header(framing.KIND_DATA, req_id, h, len(data))
-        async with self._lock:
-            self.writer.write(head)
-            self.writer.write(data)
-            await self.writer.drain()
+        await self._write(framing.stream_block_header(framing.KIND_DATA, req_id, h, len(data)), data)
 
     async def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
+
+
+async def listen(on_link: Callable[[Framed], Coroutine[Any, Any, None]], port: int, ssl_context: ssl.SSLContext,
+                 host: str | None = None) -> asyncio.Server:  # fmt: skip
+    """Serve peer links on ``port``: ``on_link`` runs for each once TLS is up."""
+    return await asyncio.get_running_loop().create_server(
+        lambda: Framed(on_link), host, port, ssl=ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+    )
 
 
 # --- asking end ----------------------------------------------------------------------
 
 
 class PeerLink:
-    def __init__(self, framed: _Framed, tags: frozenset[str], expires_s: int) -> None:
+    def __init__(self, framed: Framed, tags: frozenset[str], expires_s: int) -> None:
         self.framed = framed
         self.tags = tags  # namespaces (opaque tags) the peer's ticket names
         self.expires_s = expires_s
@@ -97,12 +187,12 @@ class PeerLink:
         try:
             while True:
                 frame = await self.framed.read()
-                if isinstance(frame, bytes):
-                    block = framing.decode_block(frame)
-                    self._resolve(block.id, block)
-                else:
+                if isinstance(frame, str):
                     msg = framing.decode(frame)
                     self._resolve(getattr(msg, "id", None), msg)
+                else:
+                    block = framing.decode_block(frame)
+                    self._resolve(block.id, block)
         except (PeerGone, OSError, ProtocolError) as e:
             self.closed = str(e) or type(e).__name__
         finally:
@@ -148,21 +238,23 @@ async def open_link(host: str, port: int, me: Identity, ticket: str, server_key:
                     timeout: float = HANDSHAKE_TIMEOUT) -> PeerLink:  # fmt: skip
     """Connect, check the peer is a device the server vouches for, and present our ticket."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=client_context(), server_hostname=None), timeout
+        _, framed = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                Framed, host, port, ssl=client_context(), server_hostname=None
+            ),
+            timeout,
         )
     except (OSError, TimeoutError, ValueError) as e:
         raise PeerGone(f"cannot reach peer {host}:{port}: {str(e) or 'timed out'}") from None
-    framed = _Framed(reader, writer)
     try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        der = framed.peer_cert()
         if not der:
             raise PeerGone(f"peer {host}:{port} showed no TLS certificate")
         peer_fp = hashlib.sha256(der).digest()
         hello = m.Hello(list(PROTOCOL_VERSIONS), PEER_NAME, ticket, me.cert_b64, me.prove(peer_fp))
         await framed.send(hello)
-        reply = framing.decode(await asyncio.wait_for(framed.read(), timeout))
+        frame = await asyncio.wait_for(framed.read(), timeout)
+        reply = framing.decode(frame if isinstance(frame, str) else bytes(frame))
         if isinstance(reply, m.Error):
             raise PeerGone(f"peer {host}:{port} refused us: {reply.message}")
         if not isinstance(reply, m.Welcome):
@@ -192,8 +284,7 @@ class Serving:
     on_served: Callable[[int], None]
 
 
-async def serve_link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, serving: Serving) -> None:
-    framed = _Framed(reader, writer)
+async def serve_link(framed: Framed, serving: Serving) -> None:
     tasks: set[asyncio.Task[None]] = set()
     try:
         claims = await _accept(framed, serving)
@@ -225,7 +316,7 @@ def _finished(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: as
     slots.release()
 
 
-async def _accept(framed: _Framed, serving: Serving) -> Any:
+async def _accept(framed: Framed, serving: Serving) -> Any:
     try:
         frame = await asyncio.wait_for(framed.read(), HANDSHAKE_TIMEOUT)
         hello = framing.decode(frame) if isinstance(frame, str) else None
@@ -245,7 +336,7 @@ async def _accept(framed: _Framed, serving: Serving) -> Any:
     return claims
 
 
-async def _answer(framed: _Framed, frame: str | bytes, allowed: frozenset[str], serving: Serving) -> None:
+async def _answer(framed: Framed, frame: str | bytearray, allowed: frozenset[str], serving: Serving) -> None:
     req_id: int | None = None
     try:
         msg = framing.decode(frame) if isinstance(frame, str) else None

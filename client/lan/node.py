@@ -37,7 +37,7 @@ from typing import Any
 
 from client.lan.discovery import Discovery
 from client.lan.identity import Identity, load_identity
-from client.lan.link import PeerGone, PeerLink, Serving, open_link, serve_link
+from client.lan.link import Framed, PeerGone, PeerLink, Serving, listen, open_link, serve_link
 from protocol import lan
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -157,8 +157,7 @@ class LanNode:
         ctx = self.me.server_context()
         for port in (self.options.port, 0):
             try:
-                self._server = await asyncio.start_server(self._on_link, port=port, ssl=ctx,
-                                                          ssl_handshake_timeout=5)  # fmt: skip
+                self._server = await listen(self._on_link, port, ctx)
             except OSError as e:
                 if e.errno != errno.EADDRINUSE or port == 0:
                     raise
@@ -345,15 +344,15 @@ class LanNode:
 
     # --- serving ------------------------------------------------------------------------
 
-    async def _on_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_link(self, framed: Framed) -> None:
         if self._links >= self.options.max_links or self.me is None:
-            writer.close()  # busy: the asker goes elsewhere
+            await framed.close()  # busy: the asker goes elsewhere
             return
         self._links += 1
         try:
             serving = Serving(self.me, lambda: self.reply.ticket if self.reply else "", self._tags,
                               lambda: self.server_key, self._read_block, self._count_served)  # fmt: skip
-            await serve_link(reader, writer, serving)
+            await serve_link(framed, serving)
         finally:
             self._links -= 1
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from client.home import load_credentials
 from client.lan.identity import Identity
-from client.lan.link import PeerGone, Serving, open_link, serve_link
+from client.lan.link import PeerGone, Serving, listen, open_link, serve_link
 from client.transport import open_connection
 from protocol import lan
 from protocol import messages as m
@@ -116,5 +116,4 @@ async def start_peer(me: Identity, reply: m.LanTicketsReply,
     """A peer with a genuine ticket that answers blocks with ``read_block``."""
     serving = Serving(me, lambda: reply.ticket, lambda: frozenset(s.tag for s in reply.spaces),
                       lambda: reply.server_key, read_block, lambda n: None)  # fmt: skip
-    return await asyncio.start_server(lambda r, w: serve_link(r, w, serving), "127.0.0.1", 0,
-                                      ssl=me.server_context())  # fmt: skip
+    return await listen(lambda framed: serve_link(framed, serving), 0, me.server_context(), "127.0.0.1")

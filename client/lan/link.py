@@ -280,7 +280,8 @@ class Serving:
     ticket: Callable[[], str]  # current
     tags: Callable[[], frozenset[str]]  # this device's namespaces now
     server_key: Callable[[], str]
-    read_block: Callable[[bytes, frozenset[str]], Awaitable[bytes | None]]  # bounds its own reads
+    # (block, namespaces both may read, the asker's fingerprint); bounds its own reads
+    read_block: Callable[[bytes, frozenset[str], bytes], Awaitable[bytes | None]]
     on_served: Callable[[int], None]
 
 
@@ -300,7 +301,7 @@ async def serve_link(framed: Framed, serving: Serving) -> None:
                 return
             await slots.acquire()  # back-pressure: stop reading while full
             allowed = claims.tags & serving.tags()
-            task = asyncio.create_task(_answer(framed, frame, allowed, serving))
+            task = asyncio.create_task(_answer(framed, frame, allowed, claims.fingerprint, serving))
             tasks.add(task)
             task.add_done_callback(functools.partial(_finished, tasks, slots))
     except (PeerGone, OSError, TimeoutError, ProtocolError):
@@ -336,7 +337,9 @@ async def _accept(framed: Framed, serving: Serving) -> Any:
     return claims
 
 
-async def _answer(framed: Framed, frame: str | bytearray, allowed: frozenset[str], serving: Serving) -> None:
+async def _answer(
+    framed: Framed, frame: str | bytearray, allowed: frozenset[str], asker: bytes, serving: Serving
+) -> None:
     req_id: int | None = None
     try:
         msg = framing.decode(frame) if isinstance(frame, str) else None
@@ -346,7 +349,7 @@ async def _answer(framed: Framed, frame: str | bytearray, allowed: frozenset[str
             return
         if not isinstance(msg, m.GetBlock):
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "a peer only answers get_block and ping")
-        data = await serving.read_block(msg.hash, allowed) if allowed else None
+        data = await serving.read_block(msg.hash, allowed, asker) if allowed else None
         if data is None:  # the same answer whether it is not here or not theirs to read
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no block {msg.hash.hex()[:12]} here")
         await framed.send_block(msg.id, msg.hash, data)

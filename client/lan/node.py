@@ -122,8 +122,8 @@ class LanNode:
         self._next_send = 0.0
         # blocks of files being fetched now: where in which temp file, and their namespace
         self.partial: dict[bytes, dict[Path, tuple[int, int, int]]] = {}
-        # blocks being fetched from the server now, with the namespace of the file that needs them
-        self._fetching: dict[bytes, tuple[int, asyncio.Future[bytes | memoryview]]] = {}
+        # blocks being fetched now (from peers, then the server), with the namespace of the file
+        self._fetching: dict[bytes, _Fetch] = {}
 
     def scope(self, ns: int) -> Scope:
         """A block source for a file of namespace ``ns`` (``client.transfer.BlockSource``)."""
@@ -240,36 +240,43 @@ class LanNode:
         self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
     ) -> bytes | memoryview:
         """The block from the first peer that has it, else from the server; hash-checked either way."""
+        if h in self._fetching:  # another file of ours needs it too: one fetch
+            return await asyncio.shield(self._fetching[h].done)
+        fetch = _Fetch(ns, asyncio.get_running_loop().create_future())
+        self._fetching[h] = fetch
+        try:
+            data = await self._from_peers(h)
+            if data is None:
+                fetch.from_server = True
+                data = await from_server()
+                if await asyncio.to_thread(block_hash, data) != h:
+                    raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
+                self.from_server += len(data)
+        except BaseException as e:
+            fetch.done.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
+            fetch.done.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            fetch.done.set_result(data)
+        finally:
+            del self._fetching[h]
+        return data
+
+    async def _from_peers(self, h: bytes) -> bytes | memoryview | None:
         if not self.ready.is_set():  # the first ticket (and the first answers to our announcement)
             if self._ready_by is None:  # waited for once, by every block asked for meanwhile
                 self._ready_by = time.monotonic() + self.options.fallback_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ready.wait(), max(0.0, self._ready_by - time.monotonic()))
-        if self.reply is not None:
-            for peer in self._candidates():
-                data = await self._from_peer(peer, h)
-                if data is not None:
-                    self.from_peers += len(data)
-                    peer.received += len(data)
-                    return data
-        if h in self._fetching:  # another file of ours needs it too: one fetch
-            return await asyncio.shield(self._fetching[h][1])
-        fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
-        self._fetching[h] = (ns, fut)
-        try:
-            data = await from_server()
-            if await asyncio.to_thread(block_hash, data) != h:
-                raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
-        except BaseException as e:
-            fut.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
-            fut.exception()  # retrieved: nobody may be waiting
-            raise
-        else:
-            fut.set_result(data)
-        finally:
-            del self._fetching[h]
-        self.from_server += len(data)
-        return data
+        if self.reply is None:
+            return None
+        for peer in self._candidates():
+            data = await self._from_peer(peer, h)
+            if data is not None:
+                self.from_peers += len(data)
+                peer.received += len(data)
+                return data
+        return None
 
     async def _from_peer(self, peer: Peer, h: bytes, again: bool = True) -> bytes | memoryview | None:
         started = time.monotonic()
@@ -359,7 +366,7 @@ class LanNode:
     def _count_served(self, n: int) -> None:
         self.served += n
 
-    async def _read_block(self, h: bytes, allowed: frozenset[str]) -> bytes | None:
+    async def _read_block(self, h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
         partial = [(path, *where, None) for path, where in self.partial.get(h, {}).items()]
         for path, offset, size, ns, seen in [*self.locate(h), *partial]:
@@ -371,9 +378,13 @@ class LanNode:
                     await self._pace(size)
                     return data
         fetching = self._fetching.get(h)
-        if fetching is not None and tag_of.get(fetching[0]) in allowed:
+        if fetching is not None and tag_of.get(fetching.ns) in allowed:
+            if not fetching.from_server and self.me is not None and asker < self.me.fingerprint:
+                # we are asking the peers for it too, the asker among them: of two devices that
+                # want a block at once, the smaller fingerprint fetches it, the other waits for it
+                return None
             with contextlib.suppress(Exception):  # fetched too slowly, or failed: "not found"
-                got = await asyncio.wait_for(asyncio.shield(fetching[1]), IN_FLIGHT_WAIT)
+                got = await asyncio.wait_for(asyncio.shield(fetching.done), IN_FLIGHT_WAIT)
                 await self._pace(len(got))
                 return bytes(got)  # hash-checked when it arrived
         return None
@@ -400,6 +411,15 @@ class LanNode:
                           "last_trouble": p.why})  # fmt: skip
         return {"port": self.port, "note": self.note, "ticket": self.reply is not None, "peers": peers,
                 "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
+
+
+@dataclass
+class _Fetch:
+    """A block this device is getting now."""
+
+    ns: int  # of the file that needs it
+    done: asyncio.Future[bytes | memoryview]
+    from_server: bool = False  # no peer had it: asked the server
 
 
 @dataclass

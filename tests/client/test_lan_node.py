@@ -86,3 +86,30 @@ def test_a_served_block_is_hashed_only_when_its_file_changed_since_the_scan(tmp_
     assert _read_served(tmp_path / "gone", 0, 100, h, seen) is None
     # a staging file of ours: its blocks were checked as they arrived
     assert _read_served(path, 100, 100, b"\0" * 32, None) == b"c" * 100
+
+
+def test_of_two_devices_wanting_a_block_at_once_the_smaller_fingerprint_fetches_it(tmp_path: Path) -> None:
+    """While this device is still asking its peers for a block, a peer with a
+    smaller fingerprint asking for it is told "not found" at once (it fetches
+    it from the server); one with a larger fingerprint waits for our copy."""
+    from types import SimpleNamespace
+
+    from client.lan.node import _Fetch
+
+    async def go() -> None:
+        lan = node(tmp_path)
+        lan.me = SimpleNamespace(fingerprint=b"\x80" * 32)  # type: ignore[assignment]
+        lan.reply = SimpleNamespace(spaces=[SimpleNamespace(ns=3, tag="t3")])  # type: ignore[assignment]
+        fetch = _Fetch(3, asyncio.get_running_loop().create_future())
+        lan._fetching[b"h"] = fetch
+        assert await lan._read_block(b"h", frozenset({"t3"}), b"\x10" * 32) is None  # smaller: at once
+        larger = asyncio.create_task(lan._read_block(b"h", frozenset({"t3"}), b"\xf0" * 32))
+        await asyncio.sleep(0)
+        assert not larger.done()  # waits for ours
+        fetch.done.set_result(b"data")
+        assert await larger == b"data"
+        fetch.from_server = True  # once we fetch it from the server, everyone waits for it
+        assert await lan._read_block(b"h", frozenset({"t3"}), b"\x10" * 32) == b"data"
+        assert await lan._read_block(b"h", frozenset({"t9"}), b"\xf0" * 32) is None  # not theirs to read
+
+    asyncio.run(go())

@@ -219,7 +219,7 @@ def test_lying_or_stalling_peer_costs_a_fallback_not_the_file(
     a.run("sync", str(fa), "--once", "--lan", "off", check=True)
     asked: list[bytes] = []
 
-    async def read_block(h: bytes, allowed: frozenset[str]) -> bytes | None:
+    async def read_block(h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | None:
         asked.append(h)
         if behaviour == "stall":
             await asyncio.Event().wait()

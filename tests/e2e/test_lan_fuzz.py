@@ -83,7 +83,7 @@ async def test_lan_handshake_survives_random_and_mutated_frames(tmp_path: Path) 
     data = os.urandom(20_000)
     h = block_hash(data)
 
-    async def read_block(wanted: bytes, tags: frozenset[str]) -> bytes | None:
+    async def read_block(wanted: bytes, tags: frozenset[str], asker: bytes) -> bytes | None:
         return data if wanted == h else None
 
     peer = await start_peer(serving, serving_reply, read_block)

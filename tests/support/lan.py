@@ -112,7 +112,7 @@ class LoopThread:
 
 
 async def start_peer(me: Identity, reply: m.LanTicketsReply,
-                     read_block: Callable[[bytes, frozenset[str]], Awaitable[bytes | None]]) -> asyncio.Server:  # fmt: skip
+                     read_block: Callable[[bytes, frozenset[str], bytes], Awaitable[bytes | None]]) -> asyncio.Server:  # fmt: skip
     """A peer with a genuine ticket that answers blocks with ``read_block``."""
     serving = Serving(me, lambda: reply.ticket, lambda: frozenset(s.tag for s in reply.spaces),
                       lambda: reply.server_key, read_block, lambda n: None)  # fmt: skip

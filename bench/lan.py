@@ -198,7 +198,9 @@ def run(scenario: str, lan: str, size: int, pg_admin: str, root: Path, uplink: f
             status = json.loads((d.home / "status.json").read_text())["folders"][str(f.resolve())]
             lan = status.get("lan", {})
             lan_figures[f.name] = {k: v for k, v in lan.items() if k != "peers"}
-            lan_figures[f.name]["trouble"] = [p["last_trouble"] for p in lan.get("peers", []) if p.get("last_trouble")]
+            lan_figures[f.name]["trouble"] = [
+                p["last_trouble"] for p in lan.get("peers", []) if p.get("last_trouble")
+            ]
         return {"scenario": scenario, "lan": lan, "size": size, "uplink_MBps": uplink, "seconds": round(elapsed, 2),
                 "cpu_s": round(busy, 1), "cpu_by": {k: round(v, 1) for k, v in cpu.items() if k != "bench"},
                 "server_bytes": server_bytes, "x_file": round(server_bytes / size, 3), "devices": lan_figures}  # fmt: skip

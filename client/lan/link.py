@@ -253,8 +253,7 @@ async def open_link(host: str, port: int, me: Identity, ticket: str, server_key:
         peer_fp = hashlib.sha256(der).digest()
         hello = m.Hello(list(PROTOCOL_VERSIONS), PEER_NAME, ticket, me.cert_b64, me.prove(peer_fp))
         await framed.send(hello)
-        frame = await asyncio.wait_for(framed.read(), timeout)
-        reply = framing.decode(frame if isinstance(frame, str) else bytes(frame))
+        reply = framing.decode(await asyncio.wait_for(framed.read(), timeout))
         if isinstance(reply, m.Error):
             raise PeerGone(f"peer {host}:{port} refused us: {reply.message}")
         if not isinstance(reply, m.Welcome):

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -164,10 +165,28 @@ class Framed(asyncio.BufferedProtocol):
 
 async def listen(on_link: Callable[[Framed], Coroutine[Any, Any, None]], port: int, ssl_context: ssl.SSLContext,
                  host: str | None = None) -> asyncio.Server:  # fmt: skip
-    """Serve peer links on ``port``: ``on_link`` runs for each once TLS is up."""
-    return await asyncio.get_running_loop().create_server(
-        lambda: Framed(on_link), host, port, ssl=ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-    )
+    """Serve peer links on ``port`` (all addresses when ``host`` is None):
+    ``on_link`` runs for each once TLS is up. A port in use raises OSError
+    (EADDRINUSE) here, even on uvloop, which only logs a failed ``listen()``
+    of its own and leaves a dead server: the socket is bound and listening
+    before the loop takes it."""
+    sock = _listening_socket(host, port)
+    try:
+        return await asyncio.get_running_loop().create_server(
+            lambda: Framed(on_link), sock=sock, ssl=ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _listening_socket(host: str | None, port: int) -> socket.socket:
+    if not host:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        return socket.create_server(("", port))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
 
 
 # --- asking end ----------------------------------------------------------------------

@@ -5,10 +5,13 @@ bad frame ends the link with the decoder's error."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from client.lan.identity import client_context, load_identity
 from client.lan.link import Framed, PeerGone, listen
@@ -88,3 +91,31 @@ def test_a_frame_over_the_limit_ends_the_link_with_the_decoders_error(tmp_path: 
         server.close()
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_port_in_use_raises_and_all_addresses_are_served(tmp_path: Path, loop: str) -> None:
+    """uvloop only logs a failed listen() and hands back a server without a
+    socket; ``listen`` must raise instead, so the node can take another port."""
+    me = load_identity(tmp_path)
+
+    async def on_link(framed: Framed) -> None:
+        await framed.close()
+
+    async def go() -> None:
+        first = await listen(on_link, 0, me.server_context())  # every address
+        port = first.sockets[0].getsockname()[1]
+        with pytest.raises(OSError) as raised:
+            await listen(on_link, port, me.server_context())
+        assert raised.value.errno == errno.EADDRINUSE
+        for host in ["127.0.0.1", *(["::1"] if socket.has_dualstack_ipv6() else [])]:
+            _, asker = await asyncio.get_running_loop().create_connection(
+                Framed, host, port, ssl=client_context(), server_hostname=None
+            )
+            with pytest.raises(PeerGone):  # reached the server, which closed it
+                await asker.read()
+        first.close()
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(go(), 30))

@@ -215,9 +215,27 @@ def _read_block(fd: int, offset: int, size: int, expected: bytes, src: Path) -> 
     return data
 
 
-async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progress) -> None:
+def _read_known(fd: int, offset: int, size: int, expected: bytes, src: Path, stat: tuple[int, int, int]
+                ) -> tuple[bytes, bool]:  # fmt: skip
+    """The block at ``offset`` of a file a scan just chunked, and whether it
+    was hash-checked here: only when the file is no longer as the scan saw it
+    (``stat``: size, mtime and inode, taken after the read). The server hashes
+    every block it is sent, so an unchecked block that is not ``expected`` any
+    more is refused there, not stored (see :func:`_send_known`)."""
+    disk = fs.disk()
+    data = disk.pread(fd, size, offset)
+    st = disk.stat(src)
+    if len(data) == size and (st.st_size, st.st_mtime_ns, st.st_ino) == stat:
+        return data, False
+    return _read_block(fd, offset, size, expected, src), True
+
+
+async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progress,
+                      stat: tuple[int, int, int]) -> None:  # fmt: skip
     """Ask which of the plan's blocks the server lacks, then read (by offset)
-    and send those, ``HELD`` at a time."""
+    and send those, ``HELD`` at a time. A block is hashed again only if the
+    file changed since the scan (``stat``); a block the server refuses as not
+    matching its hash means the file changed under the read."""
     missing: set[bytes] = set()
     unique = list(dict.fromkeys(plan.hashes))
     for i in range(0, len(unique), 1000):
@@ -237,8 +255,15 @@ async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progre
 
         async def one(h: bytes, offset: int, size: int) -> None:
             async with slots:
-                data = await disk.run(_read_block, fd, offset, size, h, src)
-                await conn.put_block(h, data)
+                data, checked = await disk.run(_read_known, fd, offset, size, h, src, stat)
+                try:
+                    await conn.put_block(h, data)
+                except ProtocolError as e:
+                    if e.code != ErrorCode.BAD_BLOCK or checked:
+                        raise
+                    raise ProtocolError(
+                        ErrorCode.CONFLICT, f"{src} changed while uploading; it will be sent again"
+                    ) from None
                 plan.sent += size
                 progress(size)
 
@@ -293,7 +318,7 @@ async def send_file(
     async def send(conn: Connection) -> None:
         if known is not None:
             plan.offsets, plan.sizes, plan.hashes = list(known.offsets), list(known.sizes), list(known.hashes)
-            await _send_known(conn, src, plan, progress)
+            await _send_known(conn, src, plan, progress, known.stat)
             return
         plan.hashes, plan.offsets, plan.sizes = [], [], []  # a retry re-chunks; only missing blocks move
         await _send_blocks(conn, src, plan, progress)

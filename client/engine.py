@@ -41,11 +41,14 @@ from client.state import Observed, State
 from client.transfer import (
     STAGING_PREFIX,
     UMASK,
+    KnownBlocks,
     LocalCopy,
+    Prefetched,
     Remote,
     commit_blocks,
     fetch,
     place,
+    prefetch,
     send_file,
 )
 from client.transport import ConnectionLost, backoff_delays
@@ -72,6 +75,13 @@ BATCH_FILES = 500
 PASSING = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
 BATCH_BYTES = 16 * 1024 * 1024
 MAX_DIRTY = 10_000  # more changed paths than this since the last scan: a full scan is cheaper
+# streaming sync: a file this big is announced before its upload, and a device told of one
+# fetches its blocks from LAN peers meanwhile (at most PREFETCHES files at once, each kept
+# PREFETCH_KEEP seconds for its commit, and only with PREFETCH_ROOM bytes to spare on the disk)
+STREAM_OVER = 16 * 1024 * 1024
+PREFETCHES = 2
+PREFETCH_KEEP = 900.0
+PREFETCH_ROOM = 1024 * 1024 * 1024
 FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something
 
 
@@ -98,7 +108,7 @@ class Engine:
         self.state = State(home / "folders" / folder_id(self.root) / "state.db")
         self.remote = remote or Remote(creds, retry_for, clock=self.clock)
         self.wakeup = asyncio.Event()
-        self.remote.on_changed = lambda _msg: self.wakeup.set()
+        self.remote.on_changed = self._pushed
         self.remote.on_closed = self.wakeup.set
         self.status: dict[str, Any] = {"path": str(self.root), "state": "starting", "pending": 0,
                                        "bytes_left": 0, "last_error": None, "conflicts": [], "skipped": {},
@@ -126,6 +136,8 @@ class Engine:
         self._index_at = 0.0  # clock.monotonic() of the last rebuild
         self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
         self._deleting: set[asyncio.Task[None]] = set()  # replaced big files being deleted (place())
+        # streaming sync: content hash -> (namespace, fetch from peers of a file not committed yet)
+        self._prefetches: dict[bytes, tuple[int, asyncio.Task[Prefetched]]] = {}
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -796,7 +808,85 @@ class Engine:
 
     async def _upload(self, path: str, parent: int | None) -> None:
         src = self.disk(path)
-        plan, stat = await send_file(self.remote, src, lambda n: None, known=self._scan.blocks.get(path))
+        known = self._scan.blocks.get(path)
+        offered = await self._announce(path, src, known)
+        try:
+            await self._send_and_commit(path, src, known, parent)
+        finally:
+            if offered is not None:
+                offered.released(src)
+
+    async def _announce(self, path: str, src: Path, known: KnownBlocks | None) -> Scope | None:
+        """Streaming sync: offer a big file's blocks to LAN peers and tell the
+        server it is coming, so that the namespace's other devices here can
+        fetch it from us while we upload it (see :meth:`_pushed`)."""
+        if self.lan is None or known is None or sum(known.sizes) < STREAM_OVER or not self.lan.has_peers():
+            return None
+        ns = self._ns_of(path)
+        blocks = [m.BlockRef(h, n) for h, n in zip(known.hashes, known.sizes, strict=True)]
+        scope = self.lan.scope(ns)
+        scope.offer(src, blocks, known.stat)
+        try:
+            await self.remote.run(lambda conn: conn.call(lambda i: m.Upcoming(i, ns, blocks), m.Ok))
+        except ProtocolError as e:  # an older server, or a folder shared read-only: just upload
+            log.debug("%s: not announced (%s)", path, e.message)
+        return scope
+
+    def _pushed(self, msg: m.Changed | m.NamespacesChanged | m.Incoming) -> None:
+        if isinstance(msg, m.Incoming):
+            self._prefetch(msg)
+        else:
+            self.wakeup.set()
+
+    def _prefetch(self, msg: m.Incoming) -> None:
+        """Another device is uploading a big file: fetch from LAN peers the
+        blocks we lack, so that when its commit comes only the rest is left
+        (:meth:`_download` finishes the same temp file)."""
+        size = sum(b.size for b in msg.blocks)
+        if self.lan is None or size < STREAM_OVER or len(self._prefetches) >= PREFETCHES:
+            return
+        key = content_hash(b.hash for b in msg.blocks)
+        if (
+            key in self._prefetches
+            or not any(s.ns == msg.ns for s in self.spaces)
+            or not self.lan.has_peers()
+        ):
+            return
+        try:
+            if self.fs.disk_usage(self.root)[1] < size + PREFETCH_ROOM:
+                return
+        except OSError:
+            return
+        task = asyncio.create_task(prefetch(msg.blocks, self.root / STAGING, self.lan.scope(msg.ns),
+                                            lambda h: h in self._index))  # fmt: skip
+        self._prefetches[key] = (msg.ns, task)
+        asyncio.get_running_loop().call_later(PREFETCH_KEEP, self._drop_prefetch, key, task)
+
+    def _drop_prefetch(self, key: bytes, task: asyncio.Task[Prefetched]) -> None:
+        """No commit of a prefetched file came (or we stop): delete what we fetched."""
+        ns, mine = self._prefetches.get(key, (0, None))
+        if mine is not task:
+            return
+        del self._prefetches[key]
+        if not task.done():
+            task.cancel()  # prefetch() deletes its temp file
+            return
+        if task.cancelled() or task.exception() is not None:
+            return
+        pre = task.result()
+        if self.lan is not None:
+            self.lan.scope(ns).released(pre.tmp)
+        with contextlib.suppress(OSError):
+            self.fs.unlink(pre.tmp)
+
+    def _drop_prefetches(self) -> None:
+        for key, (_, task) in list(self._prefetches.items()):
+            self._drop_prefetch(key, task)
+
+    async def _send_and_commit(
+        self, path: str, src: Path, known: KnownBlocks | None, parent: int | None
+    ) -> None:
+        plan, stat = await send_file(self.remote, src, lambda n: None, known=known)
         if not self._as_scanned(path, stat):
             # rewritten since the scan (maybe half-written yet: the scan's settle check is
             # what keeps those out): never commit it unseen; the next cycle looks again
@@ -822,6 +912,13 @@ class Engine:
         dest = self.disk(path)
         self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
+        resume = None
+        if entry.content_hash in self._prefetches:  # streaming sync: its blocks came (are coming) early
+            _, task = self._prefetches.pop(entry.content_hash)
+            try:
+                resume = await task
+            except Exception as e:  # fetch it all as usual
+                log.info("%s: prefetch failed (%s)", path, e)
         tmp = await fetch(
             self.remote,
             entry,
@@ -829,6 +926,7 @@ class Engine:
             lambda n: None,
             local=local,
             source=self._source(self._ns_of(path)),
+            resume=resume,
         )
         failpoints.hit("client.download.staged")
         try:
@@ -996,6 +1094,7 @@ class Engine:
         finally:
             self._write_status()
             await self._deleted()
+            self._drop_prefetches()
             if self.lan is not None:
                 await self.lan.stop()
             await self.remote.close()
@@ -1035,6 +1134,7 @@ class Engine:
             self.status["state"] = "stopped"
             self._write_status()
             await self._deleted()
+            self._drop_prefetches()
             if self.lan is not None:
                 await self.lan.stop()
             await self.remote.close()

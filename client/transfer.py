@@ -50,6 +50,10 @@ class BlockSource(Protocol):
         """Block ``h``, hash-checked (wherever it came from), or an error."""
         ...
 
+    async def from_peers(self, h: bytes) -> bytes | memoryview | None:
+        """Block ``h`` from a peer, hash-checked, or None if none has it."""
+        ...
+
     def first_block(self, content: bytes, count: int) -> int:
         """Where to start fetching a file of ``count`` blocks: devices fetching the
         same file start at different blocks, so each can take from the others
@@ -83,7 +87,9 @@ class Remote:
         self.dial = dial or (lambda: connect(creds.server, creds.token, retry_for))
         self.clock = clock or SystemClock()
         self.conn: Connection | None = None
-        self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None  # pushes
+        self.on_changed: Callable[[m.Changed | m.NamespacesChanged | m.Incoming], None] | None = (
+            None  # pushes
+        )
         self.on_closed: Callable[[], None] | None = None
         self._connecting = asyncio.Lock()  # two operations starting at once share one connection
 
@@ -424,6 +430,66 @@ def _write_blocks(dst: int, blocks: list[tuple[int, int, bytes]], big: bool) -> 
             disk.start_writeback(dst, to, len(data))
 
 
+@dataclass
+class Prefetched:
+    """A temp file holding some blocks of a file another device is uploading
+    (streaming sync): each hash-checked against the name the uploader gave it,
+    which is worth something only once a commit names the same blocks
+    (:func:`fetch` ``resume``)."""
+
+    tmp: Path
+    blocks: list[m.BlockRef]
+    done: set[int]
+
+
+async def prefetch(
+    blocks: list[m.BlockRef],
+    folder: Path,
+    source: BlockSource,
+    have: Callable[[bytes], bool],
+    window: int = 8,
+) -> Prefetched:
+    """Fetch from LAN peers, into a new temp file in ``folder``, the blocks of
+    a file not committed yet: only what a peer has (nothing from the server,
+    which serves only committed blocks) and nothing this device ``have``s
+    already (the fetch after the commit copies those). The caller deletes the
+    temp file if no commit of these blocks comes."""
+    disk = fs.disk()
+    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    done: set[int] = set()
+    try:
+        size = sum(b.size for b in blocks)
+        disk.preallocate(fd, size)
+        disk.ftruncate(fd, size)
+        offsets = list(itertools_accumulate([b.size for b in blocks]))
+        count = len(blocks)
+        first = source.first_block(content_hash(b.hash for b in blocks), count) if count else 0
+        slots = asyncio.Semaphore(window)
+
+        async def one(i: int) -> None:
+            async with slots:
+                ref = blocks[i]
+                if have(ref.hash):
+                    return
+                data = await source.from_peers(ref.hash)
+                if data is None:
+                    return  # left for the fetch after the commit
+                await disk.run(_write_at, fd, data, offsets[i], ref.hash, True, True)
+                done.add(i)
+                source.holding(ref.hash, tmp, offsets[i], ref.size)
+
+        await gather_all([one((first + k) % count) for k in range(count)])
+        return Prefetched(tmp, blocks, done)
+    except BaseException:
+        source.released(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            disk.unlink(tmp)
+        raise
+    finally:
+        disk.close(fd)
+
+
 async def fetch(
     remote: Remote,
     entry: m.Entry,
@@ -432,12 +498,15 @@ async def fetch(
     window: int = 8,
     local: LocalCopy | None = None,
     source: BlockSource | None = None,
+    resume: Prefetched | None = None,
 ) -> Path:
     """Fetch ``entry`` into a new temp file in ``folder``: every block
     hash-checked, the content hash checked, mode and mtime set, fsynced.
     Blocks ``local`` already holds are copied from it (only the changed ones
     cross the network); the others come from ``source`` (LAN peers) when it
-    has them, else from the server. The caller renames it into place (see :func:`place`)."""
+    has them, else from the server. ``resume``: a prefetched temp file of
+    these very blocks (streaming sync), finished in place. The caller renames
+    it into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
@@ -445,14 +514,22 @@ async def fetch(
             ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash"
         )
     disk = fs.disk()
-    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    done: set[int] = set()
+    if resume is not None and [b.hash for b in resume.blocks] != [b.hash for b in entry.blocks]:
+        raise ValueError("a prefetched file of other blocks")  # the caller matched them by content hash
+    if resume is not None:
+        tmp, done = resume.tmp, set(resume.done)
+        fd = disk.open(tmp, os.O_WRONLY)
+    else:
+        tmp, done = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}", set()
+        fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         big = entry.size >= WRITEBACK_OVER
-        if big:
-            disk.preallocate(fd, entry.size)
-        disk.ftruncate(fd, entry.size)
+        if resume is None:
+            if big:
+                disk.preallocate(fd, entry.size)
+            disk.ftruncate(fd, entry.size)
+        for i in done:
+            progress(entry.blocks[i].size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, big)
@@ -508,7 +585,7 @@ async def _copy_local(
     groups: list[list[tuple[int, int, int, int, bytes]]] = []
     size = 0
     for i, ref in enumerate(blocks):
-        if ref.hash in have:
+        if ref.hash in have and i not in done:
             if not groups or size >= COPY_GROUP:
                 groups.append([])
                 size = 0

@@ -58,7 +58,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._window = asyncio.Semaphore(max(1, welcome.max_in_flight))
-        self.on_changed: Callable[[m.Changed | m.NamespacesChanged], None] | None = None
+        self.on_changed: Callable[[m.Changed | m.NamespacesChanged | m.Incoming], None] | None = None
         self.on_closed: Callable[[], None] | None = None
         self._closed_reason: str | None = None
         self._reader = asyncio.create_task(self._read_loop())
@@ -82,7 +82,7 @@ class Connection:
                     self._resolve(block.id, block)
                     continue
                 msg = framing.decode(frame)
-                if isinstance(msg, m.Changed | m.NamespacesChanged):
+                if isinstance(msg, m.Changed | m.NamespacesChanged | m.Incoming):
                     if self.on_changed:
                         self.on_changed(msg)
                     continue
@@ -174,7 +174,7 @@ async def open_connection(server: str, token: str) -> Connection:
     except (OSError, TimeoutError, websockets.exceptions.InvalidHandshake) as e:
         raise ConnectionLost(f"cannot reach the server at {server}: {e}") from None
     try:
-        await ws.send(framing.encode(m.Hello(list(PROTOCOL_VERSIONS), CLIENT_NAME)))
+        await ws.send(framing.encode(m.Hello(list(PROTOCOL_VERSIONS), CLIENT_NAME, features=["incoming"])))
         reply = framing.decode(await asyncio.wait_for(ws.recv(), 15))
     except (ConnectionClosed, OSError, TimeoutError) as e:
         raise ConnectionLost(f"handshake with {server} failed: {e}") from None

@@ -71,6 +71,8 @@ class Hello(Message):
     ticket: str = ""
     cert: str = ""
     proof: str = ""
+    # what the client understands beyond the version: "incoming" (it takes Incoming pushes)
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,6 +695,32 @@ class LanTicketsReply(Message):
     spaces: list[LanSpace]
 
 
+@dataclass(frozen=True, slots=True)
+class Upcoming(Message):
+    """Streaming sync: this device is about to upload, then commit, a file of
+    these blocks in namespace ``ns`` (which it may write). The server tells the
+    namespace's other devices (:class:`Incoming`), which may start fetching the
+    blocks from their LAN peers before the commit names them. Only a hint: the
+    server stores nothing, and a device uses such a block only once a commit
+    names its hash."""
+
+    TYPE: ClassVar[str] = "upcoming"
+    id: int
+    ns: int
+    blocks: list[BlockRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming(Message):
+    """Push (to clients whose hello named the ``incoming`` feature): another
+    device of namespace ``ns`` is uploading a file of these blocks (see
+    :class:`Upcoming`). Only a hint."""
+
+    TYPE: ClassVar[str] = "incoming"
+    ns: int
+    blocks: list[BlockRef]
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, Welcome, Ping, Stat, ListFolder, ListChanges, QueryBlocks, GetBlock, Commit, Mkdir, Move,
     Delete, Pong, Ok, EntryReply, Listing, Changes, BlocksMissing, Committed, Changed, Error,
@@ -701,6 +729,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Versions, VersionReply, DeletedListing, SnapshotListing, Restored,
     Share, Unshare, ListInvitations, Accept, Leave, ListMembers, CreateLink, ListLinks, RevokeLink, GetQuota,
     Shared, Invitations, Members, LinkCreated, Links, QuotaReply, NamespacesChanged, ListNamespaces,
-    NamespaceList, LanTickets, LanTicketsReply,
+    NamespaceList, LanTickets, LanTicketsReply, Upcoming, Incoming,
 )  # fmt: skip
 BY_TYPE: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import asyncpg
 
+from protocol.messages import BlockRef
 from server.metastore import DEVICES_CHANNEL, MEMBERS_CHANNEL, NOTIFY_CHANNEL
 
 log = logging.getLogger("ferry.notifier")
 ChangeHandler = Callable[[int, int], None]
+IncomingHandler = Callable[[int, int, list[BlockRef]], None]  # (origin device, ns, blocks)
 
 
 class Notifier:
@@ -30,6 +32,7 @@ class Notifier:
         self._by_device: defaultdict[int, set[Callable[[], None]]] = defaultdict(set)
         self._by_user: defaultdict[int, set[Callable[[], None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._incoming: defaultdict[int, set[IncomingHandler]] = defaultdict(set)
 
     async def start(self) -> None:
         await self._connect()
@@ -73,6 +76,22 @@ class Notifier:
         self._by_ns[ns].discard(handler)
         if not self._by_ns[ns]:
             del self._by_ns[ns]
+
+    def listen_incoming(self, ns: int, handler: IncomingHandler) -> None:
+        """``handler`` hears of uploads about to start in ``ns`` (streaming sync hints)."""
+        self._incoming[ns].add(handler)
+
+    def unlisten_incoming(self, ns: int, handler: IncomingHandler) -> None:
+        self._incoming[ns].discard(handler)
+        if not self._incoming[ns]:
+            del self._incoming[ns]
+
+    def incoming(self, origin: int, ns: int, blocks: list[BlockRef]) -> None:
+        """Device ``origin`` is about to upload a file of ``blocks`` in ``ns``.
+        Told to this process's devices only: a hint for devices on the
+        uploader's LAN, which is missed, not wrong, elsewhere."""
+        for handler in list(self._incoming.get(ns, ())):
+            handler(origin, ns, blocks)
 
     def watch_device(self, device_id: int, on_revoked: Callable[[], None]) -> None:
         self._by_device[device_id].add(on_revoked)

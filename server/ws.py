@@ -76,6 +76,7 @@ async def _deny(websocket: WebSocket, status: int, why: str) -> None:
 
 IN_FLIGHT_BYTES = 32 * 1024 * 1024  # request frames being handled, per session
 BLOCK_READS = 16  # blocks read for replies and not yet sent, per session
+INCOMING_QUEUE = 8  # streaming-sync hints waiting to be sent, per session
 REPLIES = 16  # other replies being built or waiting to be sent, per session
 
 
@@ -126,6 +127,8 @@ class Session:
         self._push_ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._namespaces: list[int] = []
+        self._takes_incoming = False  # the client's hello named the "incoming" feature
+        self._incoming_sends = 0  # Incoming pushes not yet sent (hints: dropped beyond INCOMING_QUEUE)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -144,6 +147,7 @@ class Session:
             self.services.notifier.unwatch_user(self.who.user_id, self._members_changed)
             for ns in self._namespaces:
                 self.services.notifier.unsubscribe(ns, self._on_change)
+                self.services.notifier.unlisten_incoming(ns, self._on_incoming)
             pusher.cancel()
             for t in list(self._tasks):
                 t.cancel()
@@ -178,8 +182,10 @@ class Session:
             await self._close(1002 if e.code != ErrorCode.UNAVAILABLE else 1011, e.message[:120])
             return False
         self._namespaces = [n.ns for n in spaces]
+        self._takes_incoming = "incoming" in hello.features
         for ns in self._namespaces:
             self.services.notifier.subscribe(ns, self._on_change)
+            self.services.notifier.listen_incoming(ns, self._on_incoming)
         await self._send(
             m.Welcome(
                 version=version,
@@ -228,9 +234,11 @@ class Session:
             now = [n.ns for n in spaces]
             for ns in set(self._namespaces) - set(now):
                 self.services.notifier.unsubscribe(ns, self._on_change)
+                self.services.notifier.unlisten_incoming(ns, self._on_incoming)
                 self._pushes.pop(ns, None)
             for ns in set(now) - set(self._namespaces):
                 self.services.notifier.subscribe(ns, self._on_change)
+                self.services.notifier.listen_incoming(ns, self._on_incoming)
             self._namespaces = now
             await self._send(m.NamespacesChanged(spaces))
 
@@ -239,6 +247,24 @@ class Session:
     def _on_change(self, ns: int, seq: int) -> None:
         self._pushes[ns] = max(seq, self._pushes.get(ns, 0))
         self._push_ready.set()
+
+    def _on_incoming(self, origin: int, ns: int, blocks: list[m.BlockRef]) -> None:
+        if origin == self.who.device_id or not self._takes_incoming or ns not in self._namespaces:
+            return
+        if self._incoming_sends >= INCOMING_QUEUE:  # a client slow to read: skip hints, not replies
+            return
+        self._incoming_sends += 1
+
+        async def send() -> None:
+            try:
+                with contextlib.suppress(Exception):
+                    await self._send(m.Incoming(ns, blocks))
+            finally:
+                self._incoming_sends -= 1
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _push_loop(self) -> None:
         while True:
@@ -378,6 +404,22 @@ class Session:
                 case (m.Share() | m.Unshare() | m.ListInvitations() | m.Accept() | m.Leave() | m.ListMembers()
                       | m.CreateLink() | m.ListLinks() | m.RevokeLink() | m.GetQuota()):  # fmt: skip
                     return await sharing.handle(meta, who, msg)
+                case m.Upcoming(id=i, ns=ns, blocks=blocks):
+                    if len(blocks) > MAX_QUERY_HASHES:
+                        raise ProtocolError(
+                            ErrorCode.TOO_LARGE, f"at most {MAX_QUERY_HASHES} blocks per file"
+                        )
+                    if any(not 0 < b.size <= self.settings.max_block for b in blocks):
+                        raise ProtocolError(ErrorCode.BAD_REQUEST, "a block's size is out of range")
+                    space = next((n for n in await meta.namespaces(who) if n.ns == ns), None)
+                    if space is None:
+                        raise ProtocolError(ErrorCode.NOT_FOUND, f"no namespace {ns} here")
+                    if space.role == "viewer":
+                        raise ProtocolError(
+                            ErrorCode.READ_ONLY, f"{space.path} is shared with you as a viewer"
+                        )
+                    self.services.notifier.incoming(who.device_id, ns, blocks)
+                    return m.Ok(i)
                 case m.LanTickets(id=i, fingerprint=fp):
                     if self.services.lan is None:
                         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "this server does not issue LAN tickets")

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from client.lan.discovery import Discovery
 from client.lan.identity import Identity, load_identity
@@ -121,7 +121,8 @@ class LanNode:
         self._blocks = asyncio.Semaphore(options.max_blocks)
         self._next_send = 0.0
         # blocks of files being fetched now: where in which temp file, and their namespace
-        self.partial: dict[bytes, dict[Path, tuple[int, int, int]]] = {}
+        # and of files being uploaded (streaming sync), with the stat the scan saw (else None)
+        self.partial: dict[bytes, dict[Path, tuple[int, int, int, Seen]]] = {}
         # blocks being fetched now (from peers, then the server), with the namespace of the file
         self._fetching: dict[bytes, _Fetch] = {}
 
@@ -227,6 +228,10 @@ class LanNode:
     def _tags(self) -> frozenset[str]:
         return frozenset(s.tag for s in self.reply.spaces) if self.reply else frozenset()
 
+    def has_peers(self) -> bool:
+        """A ticket is here and some peer is in sight (it may hold what we need)."""
+        return self.reply is not None and bool(self._candidates())
+
     def _candidates(self) -> list[Peer]:
         now = time.monotonic()
         mine = self._tags()
@@ -236,17 +241,33 @@ class LanNode:
             and (p.link is None or p.link.tags & mine)
         ]  # fmt: skip
 
+    @overload
     async def get_block(
         self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]]
-    ) -> bytes | memoryview:
-        """The block from the first peer that has it, else from the server; hash-checked either way."""
-        if h in self._fetching:  # another file of ours needs it too: one fetch
-            return await asyncio.shield(self._fetching[h].done)
+    ) -> bytes | memoryview: ...
+
+    @overload
+    async def get_block(self, h: bytes, ns: int, from_server: None) -> bytes | memoryview | None: ...
+
+    async def get_block(
+        self, h: bytes, ns: int, from_server: Callable[[], Awaitable[bytes | memoryview]] | None
+    ) -> bytes | memoryview | None:
+        """The block from the first peer that has it, else from the server
+        (``from_server`` None: else None); hash-checked either way."""
+        while (other := self._fetching.get(h)) is not None:  # another file of ours needs it too: one fetch
+            try:
+                return await asyncio.shield(other.done)
+            except _NoPeerHad:  # that one asked the peers only
+                if from_server is None:
+                    return None
         fetch = _Fetch(ns, asyncio.get_running_loop().create_future())
         self._fetching[h] = fetch
         try:
             data = await self._from_peers(h)
+            if data is None and from_server is None:
+                raise _NoPeerHad()
             if data is None:
+                assert from_server is not None
                 fetch.from_server = True
                 data = await from_server()
                 if await asyncio.to_thread(block_hash, data) != h:
@@ -255,6 +276,8 @@ class LanNode:
         except BaseException as e:
             fetch.done.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
             fetch.done.exception()  # retrieved: nobody may be waiting
+            if isinstance(e, _NoPeerHad):
+                return None
             raise
         else:
             fetch.done.set_result(data)
@@ -368,7 +391,7 @@ class LanNode:
 
     async def _read_block(self, h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
-        partial = [(path, *where, None) for path, where in self.partial.get(h, {}).items()]
+        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
         for path, offset, size, ns, seen in [*self.locate(h), *partial]:
             if tag_of.get(ns) not in allowed:
                 continue
@@ -413,6 +436,10 @@ class LanNode:
                 "from_peers": self.from_peers, "from_server": self.from_server, "served": self.served}  # fmt: skip
 
 
+class _NoPeerHad(Exception):
+    """A peers-only fetch (streaming sync) found no peer with the block."""
+
+
 @dataclass
 class _Fetch:
     """A block this device is getting now."""
@@ -439,7 +466,18 @@ class Scope:
         return int.from_bytes(hashlib.sha256(me + content).digest()[:8], "big") % count
 
     def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
-        self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns)
+        self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns, None)
+
+    def offer(self, path: Path, blocks: list[m.BlockRef], seen: Seen) -> None:
+        """Serve the blocks of ``path``, a file about to be uploaded, as a scan
+        saw it (``seen``), until :meth:`released` (streaming sync)."""
+        offset = 0
+        for b in blocks:
+            self.node.partial.setdefault(b.hash, {}).setdefault(path, (offset, b.size, self.ns, seen))
+            offset += b.size
+
+    async def from_peers(self, h: bytes) -> bytes | memoryview | None:
+        return await self.node.get_block(h, self.ns, None)
 
     def released(self, tmp: Path) -> None:
         for h in [h for h, where in self.node.partial.items() if tmp in where]:

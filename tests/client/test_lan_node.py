@@ -58,7 +58,7 @@ def test_blocks_of_a_half_fetched_file_are_forgotten_when_it_is_released(tmp_pat
     scope.holding(b"h2", tmp_path / "t1", 10, 10)
     scope.holding(b"h1", tmp_path / "t2", 0, 10)
     scope.released(tmp_path / "t1")
-    assert lan.partial == {b"h1": {tmp_path / "t2": (0, 10, 3)}}
+    assert lan.partial == {b"h1": {tmp_path / "t2": (0, 10, 3, None)}}
 
 
 def test_a_served_block_is_hashed_only_when_its_file_changed_since_the_scan(tmp_path: Path) -> None:

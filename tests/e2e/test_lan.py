@@ -6,6 +6,7 @@ namespaces."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import shutil
@@ -19,9 +20,11 @@ from typing import Any
 import orjson
 import pytest
 
+from client.home import load_credentials, save_credentials
 from client.lan.identity import load_identity
 from protocol.chunking import chunk_bytes
 from protocol.errors import ProtocolError
+from tests.support.faultproxy import FaultProxy
 from tests.support.lan import LoopThread, ask, digest, forge, sent, start_peer, tickets, wait_for
 from tests.support.moto_server import free_port
 from tests.support.servers import Device, FerryServer
@@ -121,6 +124,42 @@ def test_three_devices_server_sends_the_file_at_most_once(lan_server, live, tmp_
     assert digest(fc / "big.bin") == want == digest(fb / "big.bin")  # B and C converge byte-identical
     assert sent(lan_server) - before <= 100 * MiB  # the server sent it at most once
     assert status(c, fc)["lan"]["from_peers"] == 100 * MiB
+
+
+def test_a_big_file_streams_to_a_peer_while_it_is_still_uploading(lan_server, live, tmp_path: Path) -> None:
+    """Streaming sync: A announces a big file before uploading it and B fetches
+    it from A meanwhile, so B holds every block before the commit exists, and
+    after it the server sends B nothing."""
+    a, b = user(lan_server, tmp_path, "alice", "a", "b")
+    proxy = FaultProxy(lan_server.port).start()  # A reaches the server through it: the test can hold A
+    try:
+        save_credentials(
+            a.home, dataclasses.replace(load_credentials(a.home), server=f"http://127.0.0.1:{proxy.port}")
+        )
+        fa, fb = tmp_path / "A", tmp_path / "B"
+        port_a, port_b = free_port(), free_port()
+        live(a, str(fa), "--lan-port", str(port_a), *peer(port_b), *PATIENT)
+        live(b, str(fb), "--lan-port", str(port_b), *peer(port_a), *PATIENT)
+        for device, folder in ((a, fa), (b, fb)):
+            wait_for(lambda d=device, f=folder: status(d, f).get("state") == "up to date"
+                     and status(d, f).get("lan", {}).get("ticket"), 60, "both devices to be up")  # fmt: skip
+        proxy.hold_up(64 * 1024)  # the announcement goes through; the upload stalls in its first block
+        before = sent(lan_server)
+        want = write_random(fa / "big.bin", 24 * MiB)
+
+        def prefetched() -> bool:
+            staged = list((fb / ".ferry-staging").glob(".ferry-tmp-*"))
+            return any(f.stat().st_size == 24 * MiB and digest(f) == want for f in staged)
+
+        wait_for(prefetched, 60, "B to hold every block of big.bin while A's upload is held")
+        assert not (fb / "big.bin").exists()  # no commit yet
+        proxy.release_up()
+        wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to place big.bin after A's commit")
+        assert sent(lan_server) - before == 0  # not one block from the server
+        assert status(b, fb)["lan"]["from_peers"] == 24 * MiB  # nor fetched twice
+        assert not list((fb / ".ferry-staging").glob(".ferry-tmp-*"))
+    finally:
+        proxy.stop()
 
 
 # --- refusals ------------------------------------------------------------------------------

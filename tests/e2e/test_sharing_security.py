@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from protocol import framing
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from tests.e2e.test_wire import key, new_user, nid, recv, session, sha
+from tests.e2e.test_wire import key, login, new_user, nid, open_ws, recv, session, sha
 from tests.support.servers import FerryServer
 
 SECRET = b"alice's secret plan" * 100
@@ -410,3 +410,32 @@ def test_blocks_of_a_shared_folder_are_not_served_to_non_members_over_http(
             assert [n["path"] for n in listed.json()["namespaces"]] == ["/"]  # eve learns nothing of /Team
 
     asyncio.run(run())
+
+
+async def incoming_session(server: FerryServer, name: str) -> ClientConnection:
+    """Another device of ``name`` whose hello takes streaming-sync pushes."""
+    token = str((await login(server, name, device=f"{name}-{nid()}"))["token"])
+    ws = await open_ws(server, token)
+    await ws.send(framing.encode(m.Hello(versions=[1], client="test", features=["incoming"])))
+    assert isinstance(await recv(ws), m.Welcome)
+    return ws
+
+
+async def test_an_upcoming_upload_is_told_only_to_the_namespaces_other_devices(world: Any) -> None:
+    w = await world()
+    blocks = [m.BlockRef(sha(SECRET), len(SECRET))]
+    bob2, eve2, alice2 = [await incoming_session(w.server, n) for n in ("bob", "eve", "alice")]
+    assert isinstance(await call(w.alice, m.Upcoming(nid(), w.ns, blocks)), m.Ok)
+    for ws in (bob2, alice2):  # a member's devices that take the push, the uploader's other device too
+        pushed = await recv(ws)
+        assert pushed == m.Incoming(w.ns, blocks), pushed
+    # not the uploading session, nor a stranger, nor a device that did not ask for such pushes
+    for ws in (w.alice, eve2, w.bob):
+        assert isinstance(await call(ws, m.Ping(nid())), m.Pong)
+    # only a device that may write there announces, and only blocks of a block's size
+    err(await call(w.carol, m.Upcoming(nid(), w.ns, blocks)), ErrorCode.READ_ONLY)
+    err(await call(w.eve, m.Upcoming(nid(), w.ns, blocks)), ErrorCode.NOT_FOUND)
+    err(await call(w.bob, m.Upcoming(nid(), w.ns, [m.BlockRef(sha(SECRET), 0)])), ErrorCode.BAD_REQUEST)
+    for ws in (bob2, eve2, alice2):
+        assert isinstance(await call(ws, m.Ping(nid())), m.Pong)  # nothing was told of those
+        await ws.close()

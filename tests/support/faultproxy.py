@@ -56,6 +56,8 @@ class FaultProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._http = False
         self._hold = 0.0  # seconds each answer is held back (set by a "slow:S" fault)
+        self._up_limit: int | None = None  # bytes up (in all) past which forwarding waits (hold_up)
+        self._go_on = asyncio.Event()
 
     # --- control (from the test's thread) --------------------------------------------
 
@@ -69,6 +71,16 @@ class FaultProxy:
         self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+    def hold_up(self, more: int) -> None:
+        """Forward at most ``more`` bytes more towards the target (whole reads
+        only), then hold what comes until :meth:`release_up`."""
+        self._loop.call_soon_threadsafe(self._go_on.clear)
+        self._up_limit = self.up + more
+
+    def release_up(self) -> None:
+        self._up_limit = None
+        self._loop.call_soon_threadsafe(self._go_on.set)
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -110,6 +122,8 @@ class FaultProxy:
 
     async def _pump_up(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter, client: Any) -> None:
         while data := await reader.read(65536):
+            if self._up_limit is not None and self.up + len(data) > self._up_limit:
+                await self._go_on.wait()
             cut, self.up = self.cut, self.up + len(data)
             if cut is not None and cut[0] in data:
                 self.cut, self.cuts = None, self.cuts + 1

@@ -113,3 +113,48 @@ def test_of_two_devices_wanting_a_block_at_once_the_smaller_fingerprint_fetches_
         assert await lan._read_block(b"h", frozenset({"t9"}), b"\xf0" * 32) is None  # not theirs to read
 
     asyncio.run(go())
+
+
+def test_a_peers_only_fetch_that_finds_nothing_leaves_the_block_to_the_next_asker(tmp_path: Path) -> None:
+    """Streaming sync asks peers only; a download that wants the same block
+    meanwhile waits for that ask, then fetches the block itself, not fails."""
+    from protocol.hashing import block_hash
+
+    lan = node(tmp_path)
+    lan.ready.set()
+    data = b"a block"
+    h = block_hash(data)
+
+    async def go() -> None:
+        peers_answer = asyncio.Event()
+
+        async def no_peer_has_it(_h: bytes) -> None:
+            await peers_answer.wait()
+
+        async def server() -> bytes:
+            return data
+
+        lan._from_peers = no_peer_has_it  # type: ignore[assignment,method-assign]
+        prefetch = asyncio.create_task(lan.get_block(h, 1, None))
+        await asyncio.sleep(0)  # it is asking the peers now
+        assert h in lan._fetching
+        download = asyncio.create_task(lan.get_block(h, 1, server))
+        await asyncio.sleep(0)  # and the download waits for that
+        peers_answer.set()
+        assert await prefetch is None
+        assert await download == data
+        assert lan.from_server == len(data) and lan.from_peers == 0 and not lan._fetching
+
+    asyncio.run(go())
+
+
+def test_blocks_of_a_file_being_uploaded_are_offered_with_the_stat_the_scan_saw(tmp_path: Path) -> None:
+    from protocol import messages as m
+
+    lan = node(tmp_path)
+    scope = lan.scope(4)
+    src = tmp_path / "big.bin"
+    scope.offer(src, [m.BlockRef(b"h1", 10), m.BlockRef(b"h2", 5), m.BlockRef(b"h1", 10)], (25, 7, 9))
+    assert lan.partial == {b"h1": {src: (0, 10, 4, (25, 7, 9))}, b"h2": {src: (10, 5, 4, (25, 7, 9))}}
+    scope.released(src)
+    assert lan.partial == {}

@@ -857,6 +857,7 @@ class Engine:
                 return
         except OSError:
             return
+        self._rebuild_index()  # what we hold already (an older version, say) is copied, not fetched
         task = asyncio.create_task(prefetch(msg.blocks, self.root / STAGING, self.lan.scope(msg.ns),
                                             lambda h: h in self._index))  # fmt: skip
         self._prefetches[key] = (msg.ns, task)

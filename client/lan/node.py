@@ -52,6 +52,7 @@ BAD_PENALTY = 600.0  # s a peer that sent a corrupted block is left alone
 SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
 DISCOVERY_GRACE = 0.2  # s to hear the peers in sight answer our first announcement
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
+HELD_FOR = 2.0  # s a fetched block stays in memory at most, if its writer never says it is written
 
 # (size, mtime_ns, inode) of a file as the last scan saw it; None: our own staging file
 Seen = tuple[int, int, int] | None
@@ -274,16 +275,24 @@ class LanNode:
                     raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {h.hex()[:12]} arrived corrupted")
                 self.from_server += len(data)
         except BaseException as e:
+            del self._fetching[h]
             fetch.done.set_exception(e if isinstance(e, Exception) else PeerGone("cancelled"))
             fetch.done.exception()  # retrieved: nobody may be waiting
             if isinstance(e, _NoPeerHad):
                 return None
             raise
-        else:
-            fetch.done.set_result(data)
-        finally:
-            del self._fetching[h]
+        # still named as ours until the caller has written it and says where (Scope.holding): a
+        # peer asking meanwhile gets these bytes, where it would hear "not found" and ask the server
+        fetch.done.set_result(data)
+        asyncio.get_running_loop().call_later(HELD_FOR, self._written, h, fetch)
         return data
+
+    def _written(self, h: bytes, fetch: _Fetch | None = None) -> None:
+        """Block ``h``, fetched, is written where :meth:`_read_block` finds it (or
+        was not written after all): forget the fetch and the bytes it holds."""
+        current = self._fetching.get(h)
+        if current is not None and current.done.done() and (fetch is None or current is fetch):
+            del self._fetching[h]
 
     async def _from_peers(self, h: bytes) -> bytes | memoryview | None:
         if not self.ready.is_set():  # the first ticket (and the first answers to our announcement)
@@ -402,6 +411,10 @@ class LanNode:
                     return data
         fetching = self._fetching.get(h)
         if fetching is not None and tag_of.get(fetching.ns) in allowed:
+            if fetching.done.done() and fetching.done.exception() is None:  # fetched, being written
+                got = fetching.done.result()
+                await self._pace(len(got))
+                return bytes(got)
             if not fetching.from_server and self.me is not None and asker < self.me.fingerprint:
                 # we are asking the peers for it too, the asker among them: of two devices that
                 # want a block at once, the smaller fingerprint fetches it, the other waits for it
@@ -467,6 +480,7 @@ class Scope:
 
     def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
         self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns, None)
+        self.node._written(h)
 
     def offer(self, path: Path, blocks: list[m.BlockRef], seen: Seen) -> None:
         """Serve the blocks of ``path``, a file about to be uploaded, as a scan

@@ -143,7 +143,12 @@ def test_a_peers_only_fetch_that_finds_nothing_leaves_the_block_to_the_next_aske
         peers_answer.set()
         assert await prefetch is None
         assert await download == data
-        assert lan.from_server == len(data) and lan.from_peers == 0 and not lan._fetching
+        assert lan.from_server == len(data) and lan.from_peers == 0
+        # fetched, not yet written: still ours to give a peer (not "not found", which would send
+        # it to the server too) until the writer says where it is
+        assert lan._fetching[h].done.result() == data
+        lan.scope(1).holding(h, tmp_path / "t", 0, len(data))
+        assert not lan._fetching and lan.partial[h] == {tmp_path / "t": (0, len(data), 1, None)}
 
     asyncio.run(go())
 

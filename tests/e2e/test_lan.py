@@ -158,6 +158,14 @@ def test_a_big_file_streams_to_a_peer_while_it_is_still_uploading(lan_server, li
         assert sent(lan_server) - before == 0  # not one block from the server
         assert status(b, fb)["lan"]["from_peers"] == 24 * MiB  # nor fetched twice
         assert not list((fb / ".ferry-staging").glob(".ferry-tmp-*"))
+        # an edit: B takes early only what it lacks (the old version has the rest), not the whole file
+        with open(fa / "big.bin", "r+b") as f:
+            f.seek(12 * MiB)
+            f.write(b"an edit")
+        want = digest(fa / "big.bin")
+        wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to take the edit")
+        assert status(b, fb)["lan"]["from_peers"] - 24 * MiB <= 2 * 4 * MiB  # a block or two
+        assert sent(lan_server) - before == 0
     finally:
         proxy.stop()
 

@@ -137,7 +137,8 @@ class Engine:
         self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
         self._deleting: set[asyncio.Task[None]] = set()  # replaced big files being deleted (place())
         # streaming sync: content hash -> (namespace, fetch from peers of a file not committed yet)
-        self._prefetches: dict[bytes, tuple[int, asyncio.Task[Prefetched]]] = {}
+        # (and the event that tells it the commit came: stop asking peers, fetch() goes on)
+        self._prefetches: dict[bytes, tuple[int, asyncio.Task[Prefetched], asyncio.Event]] = {}
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -858,14 +859,20 @@ class Engine:
         except OSError:
             return
         self._rebuild_index()  # what we hold already (an older version, say) is copied, not fetched
-        task = asyncio.create_task(prefetch(msg.blocks, self.root / STAGING, self.lan.scope(msg.ns),
-                                            lambda h: h in self._index))  # fmt: skip
-        self._prefetches[key] = (msg.ns, task)
+        if all(b.hash in self._index for b in msg.blocks):
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            prefetch(
+                msg.blocks, self.root / STAGING, self.lan.scope(msg.ns), lambda h: h in self._index, stop
+            )
+        )
+        self._prefetches[key] = (msg.ns, task, stop)
         asyncio.get_running_loop().call_later(PREFETCH_KEEP, self._drop_prefetch, key, task)
 
     def _drop_prefetch(self, key: bytes, task: asyncio.Task[Prefetched]) -> None:
         """No commit of a prefetched file came (or we stop): delete what we fetched."""
-        ns, mine = self._prefetches.get(key, (0, None))
+        ns, mine, _ = self._prefetches.get(key, (0, None, None))
         if mine is not task:
             return
         del self._prefetches[key]
@@ -881,7 +888,7 @@ class Engine:
             self.fs.unlink(pre.tmp)
 
     def _drop_prefetches(self) -> None:
-        for key, (_, task) in list(self._prefetches.items()):
+        for key, (_, task, _) in list(self._prefetches.items()):
             self._drop_prefetch(key, task)
 
     async def _send_and_commit(
@@ -915,7 +922,8 @@ class Engine:
         local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
         resume = None
         if entry.content_hash in self._prefetches:  # streaming sync: its blocks came (are coming) early
-            _, task = self._prefetches.pop(entry.content_hash)
+            _, task, stop = self._prefetches.pop(entry.content_hash)
+            stop.set()  # the blocks being fetched arrive; the rest come as any fetch's do
             try:
                 resume = await task
             except Exception as e:  # fetch it all as usual

@@ -447,13 +447,16 @@ async def prefetch(
     folder: Path,
     source: BlockSource,
     have: Callable[[bytes], bool],
+    stop: asyncio.Event,
     window: int = 8,
 ) -> Prefetched:
     """Fetch from LAN peers, into a new temp file in ``folder``, the blocks of
     a file not committed yet: only what a peer has (nothing from the server,
     which serves only committed blocks) and nothing this device ``have``s
-    already (the fetch after the commit copies those). The caller deletes the
-    temp file if no commit of these blocks comes."""
+    already (the fetch after the commit copies those). Once ``stop`` is set
+    (the commit came: :func:`fetch` takes over) no more blocks are asked for
+    and it returns what it has. The caller deletes the temp file if no commit
+    of these blocks comes."""
     disk = fs.disk()
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
     fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -470,7 +473,7 @@ async def prefetch(
         async def one(i: int) -> None:
             async with slots:
                 ref = blocks[i]
-                if have(ref.hash):
+                if stop.is_set() or have(ref.hash):
                     return
                 data = await source.from_peers(ref.hash)
                 if data is None:

@@ -163,3 +163,41 @@ def test_blocks_of_a_file_being_uploaded_are_offered_with_the_stat_the_scan_saw(
     assert lan.partial == {b"h1": {src: (0, 10, 4, (25, 7, 9))}, b"h2": {src: (10, 5, 4, (25, 7, 9))}}
     scope.released(src)
     assert lan.partial == {}
+
+
+def test_a_prefetch_stops_asking_when_the_commit_comes_and_hands_over_what_it_has(tmp_path: Path) -> None:
+    """Streaming sync: blocks come from peers one by one; once told to stop
+    (the commit is here and the download takes over), no block more is asked
+    for, and the temp file holds exactly the blocks it reports done."""
+    from client import transfer
+    from protocol import messages as m
+    from protocol.hashing import block_hash
+
+    lan = node(tmp_path)
+    lan.ready.set()
+    blocks = [bytes([65 + k]) * (100 + k) for k in range(6)]
+    refs = [m.BlockRef(block_hash(b), len(b)) for b in blocks]
+    by_hash = {r.hash: b for r, b in zip(refs, blocks, strict=True)}
+    asked: list[bytes] = []
+
+    async def go() -> None:
+        stop = asyncio.Event()
+
+        async def from_peers(h: bytes) -> bytes:
+            asked.append(h)
+            if len(asked) == 2:
+                stop.set()  # the commit came while the second block was on its way
+            return by_hash[h]
+
+        lan._from_peers = from_peers  # type: ignore[assignment,method-assign]
+        pre = await transfer.prefetch(
+            refs, tmp_path, lan.scope(1), lambda h: h == refs[5].hash, stop, window=1
+        )
+        assert len(asked) == 2 and len(pre.done) == 2
+        content = pre.tmp.read_bytes()
+        offsets = list(transfer.itertools_accumulate([r.size for r in refs]))
+        for i in pre.done:
+            assert content[offsets[i] : offsets[i] + refs[i].size] == blocks[i]
+        assert len(content) == sum(r.size for r in refs)
+
+    asyncio.run(go())

@@ -136,9 +136,9 @@ class Engine:
         self._index_at = 0.0  # clock.monotonic() of the last rebuild
         self._not_moved: set[str] = set()  # MoveLocal destinations this cycle could not rename to
         self._deleting: set[asyncio.Task[None]] = set()  # replaced big files being deleted (place())
-        # streaming sync: content hash -> (namespace, fetch from peers of a file not committed yet)
-        # (and the event that tells it the commit came: stop asking peers, fetch() goes on)
-        self._prefetches: dict[bytes, tuple[int, asyncio.Task[Prefetched], asyncio.Event]] = {}
+        # streaming sync: content hash -> (where it is fetched from, the fetch from peers of a
+        # file not committed yet, and the event that tells it the commit came: fetch() goes on)
+        self._prefetches: dict[bytes, tuple[Scope, asyncio.Task[Prefetched], asyncio.Event]] = {}
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -861,29 +861,25 @@ class Engine:
         self._rebuild_index()  # what we hold already (an older version, say) is copied, not fetched
         if all(b.hash in self._index for b in msg.blocks):
             return
-        stop = asyncio.Event()
+        scope, stop = self.lan.scope(msg.ns), asyncio.Event()
         task = asyncio.create_task(
-            prefetch(
-                msg.blocks, self.root / STAGING, self.lan.scope(msg.ns), lambda h: h in self._index, stop
-            )
+            prefetch(msg.blocks, self.root / STAGING, scope, lambda h: h in self._index, stop)
         )
-        self._prefetches[key] = (msg.ns, task, stop)
+        self._prefetches[key] = (scope, task, stop)
         asyncio.get_running_loop().call_later(PREFETCH_KEEP, self._drop_prefetch, key, task)
 
     def _drop_prefetch(self, key: bytes, task: asyncio.Task[Prefetched]) -> None:
         """No commit of a prefetched file came (or we stop): delete what we fetched."""
-        ns, mine, _ = self._prefetches.get(key, (0, None, None))
-        if mine is not task:
+        if key not in self._prefetches or self._prefetches[key][1] is not task:
             return
-        del self._prefetches[key]
+        scope, _, _ = self._prefetches.pop(key)
         if not task.done():
             task.cancel()  # prefetch() deletes its temp file
             return
         if task.cancelled() or task.exception() is not None:
             return
         pre = task.result()
-        if self.lan is not None:
-            self.lan.scope(ns).released(pre.tmp)
+        scope.released(pre.tmp)
         with contextlib.suppress(OSError):
             self.fs.unlink(pre.tmp)
 

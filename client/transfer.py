@@ -430,6 +430,31 @@ def _write_blocks(dst: int, blocks: list[tuple[int, int, bytes]], big: bool) -> 
             disk.start_writeback(dst, to, len(data))
 
 
+def _staging(folder: Path, size: int, big: bool) -> tuple[Path, int]:
+    """A new temp file of ``size`` bytes in ``folder``, open for writing (its
+    space reserved first when ``big``)."""
+    disk = fs.disk()
+    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if big:
+            disk.preallocate(fd, size)
+        disk.ftruncate(fd, size)
+    except BaseException:
+        disk.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            disk.unlink(tmp)
+        raise
+    return tmp, fd
+
+
+def _order(source: BlockSource | None, content: bytes, count: int) -> list[int]:
+    """The blocks of a file in the order to fetch them: from the block ``source``
+    picks for this device (see :meth:`BlockSource.first_block`) round to it."""
+    first = source.first_block(content, count) if source is not None and count else 0
+    return [(first + k) % count for k in range(count)]
+
+
 @dataclass
 class Prefetched:
     """A temp file holding some blocks of a file another device is uploading
@@ -438,8 +463,7 @@ class Prefetched:
     (:func:`fetch` ``resume``)."""
 
     tmp: Path
-    blocks: list[m.BlockRef]
-    done: set[int]
+    done: set[int]  # indexes of the blocks it holds
 
 
 async def prefetch(
@@ -458,16 +482,11 @@ async def prefetch(
     and it returns what it has. The caller deletes the temp file if no commit
     of these blocks comes."""
     disk = fs.disk()
-    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-    fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = sum(b.size for b in blocks)
+    tmp, fd = _staging(folder, size, size >= WRITEBACK_OVER)
     done: set[int] = set()
     try:
-        size = sum(b.size for b in blocks)
-        disk.preallocate(fd, size)
-        disk.ftruncate(fd, size)
         offsets = list(itertools_accumulate([b.size for b in blocks]))
-        count = len(blocks)
-        first = source.first_block(content_hash(b.hash for b in blocks), count) if count else 0
         slots = asyncio.Semaphore(window)
 
         async def one(i: int) -> None:
@@ -482,8 +501,8 @@ async def prefetch(
                 done.add(i)
                 source.holding(ref.hash, tmp, offsets[i], ref.size)
 
-        await gather_all([one((first + k) % count) for k in range(count)])
-        return Prefetched(tmp, blocks, done)
+        await gather_all([one(i) for i in _order(source, content_hash(b.hash for b in blocks), len(blocks))])
+        return Prefetched(tmp, done)
     except BaseException:
         source.released(tmp)
         with contextlib.suppress(FileNotFoundError):
@@ -517,29 +536,20 @@ async def fetch(
             ErrorCode.BAD_ENTRY, f"{entry.path}: the server's block list does not match its hash"
         )
     disk = fs.disk()
-    if resume is not None and [b.hash for b in resume.blocks] != [b.hash for b in entry.blocks]:
-        raise ValueError("a prefetched file of other blocks")  # the caller matched them by content hash
-    if resume is not None:
+    big = entry.size >= WRITEBACK_OVER
+    if resume is not None:  # (matched by content hash: the same block list)
         tmp, done = resume.tmp, set(resume.done)
         fd = disk.open(tmp, os.O_WRONLY)
     else:
-        tmp, done = folder / f"{STAGING_PREFIX}{secrets.token_hex(8)}", set()
-        fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        (tmp, fd), done = _staging(folder, entry.size, big), set()
     try:
-        big = entry.size >= WRITEBACK_OVER
-        if resume is None:
-            if big:
-                disk.preallocate(fd, entry.size)
-            disk.ftruncate(fd, entry.size)
         for i in done:
             progress(entry.blocks[i].size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, big)
 
-        count = len(entry.blocks)
-        first = source.first_block(entry.content_hash, count) if source is not None and count else 0
-        order = [(first + k) % count for k in range(count)]
+        order = _order(source, entry.content_hash, len(entry.blocks))
 
         async def fetch_all(conn: Connection) -> None:
             slots = asyncio.Semaphore(window)

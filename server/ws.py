@@ -146,8 +146,7 @@ class Session:
             self.services.notifier.unwatch_device(self.who.device_id, self._revoked)
             self.services.notifier.unwatch_user(self.who.user_id, self._members_changed)
             for ns in self._namespaces:
-                self.services.notifier.unsubscribe(ns, self._on_change)
-                self.services.notifier.unlisten_incoming(ns, self._on_incoming)
+                self._unwatch(ns)
             pusher.cancel()
             for t in list(self._tasks):
                 t.cancel()
@@ -184,8 +183,7 @@ class Session:
         self._namespaces = [n.ns for n in spaces]
         self._takes_incoming = "incoming" in hello.features
         for ns in self._namespaces:
-            self.services.notifier.subscribe(ns, self._on_change)
-            self.services.notifier.listen_incoming(ns, self._on_incoming)
+            self._watch(ns)
         await self._send(
             m.Welcome(
                 version=version,
@@ -233,12 +231,10 @@ class Session:
             spaces = await self.services.meta.namespaces(self.who)
             now = [n.ns for n in spaces]
             for ns in set(self._namespaces) - set(now):
-                self.services.notifier.unsubscribe(ns, self._on_change)
-                self.services.notifier.unlisten_incoming(ns, self._on_incoming)
+                self._unwatch(ns)
                 self._pushes.pop(ns, None)
             for ns in set(now) - set(self._namespaces):
-                self.services.notifier.subscribe(ns, self._on_change)
-                self.services.notifier.listen_incoming(ns, self._on_incoming)
+                self._watch(ns)
             self._namespaces = now
             await self._send(m.NamespacesChanged(spaces))
 
@@ -248,8 +244,19 @@ class Session:
         self._pushes[ns] = max(seq, self._pushes.get(ns, 0))
         self._push_ready.set()
 
+    def _watch(self, ns: int) -> None:
+        """Push this device the changes of ``ns`` (and uploads about to start there, if it asked)."""
+        self.services.notifier.subscribe(ns, self._on_change)
+        if self._takes_incoming:
+            self.services.notifier.listen_incoming(ns, self._on_incoming)
+
+    def _unwatch(self, ns: int) -> None:
+        self.services.notifier.unsubscribe(ns, self._on_change)
+        if self._takes_incoming:
+            self.services.notifier.unlisten_incoming(ns, self._on_incoming)
+
     def _on_incoming(self, origin: int, ns: int, blocks: list[m.BlockRef]) -> None:
-        if origin == self.who.device_id or not self._takes_incoming or ns not in self._namespaces:
+        if origin == self.who.device_id:
             return
         if self._incoming_sends >= INCOMING_QUEUE:  # a client slow to read: skip hints, not replies
             return

@@ -265,10 +265,9 @@ class LanNode:
         self._fetching[h] = fetch
         try:
             data = await self._from_peers(h)
-            if data is None and from_server is None:
-                raise _NoPeerHad()
             if data is None:
-                assert from_server is not None
+                if from_server is None:
+                    raise _NoPeerHad()  # (so that a download waiting on this fetch asks on its own)
                 fetch.from_server = True
                 data = await from_server()
                 if await asyncio.to_thread(block_hash, data) != h:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 
@@ -73,18 +74,14 @@ class Notifier:
         self._by_ns[ns].add(handler)
 
     def unsubscribe(self, ns: int, handler: ChangeHandler) -> None:
-        self._by_ns[ns].discard(handler)
-        if not self._by_ns[ns]:
-            del self._by_ns[ns]
+        _drop(self._by_ns, ns, handler)
 
     def listen_incoming(self, ns: int, handler: IncomingHandler) -> None:
         """``handler`` hears of uploads about to start in ``ns`` (streaming sync hints)."""
         self._incoming[ns].add(handler)
 
     def unlisten_incoming(self, ns: int, handler: IncomingHandler) -> None:
-        self._incoming[ns].discard(handler)
-        if not self._incoming[ns]:
-            del self._incoming[ns]
+        _drop(self._incoming, ns, handler)
 
     def incoming(self, origin: int, ns: int, blocks: list[BlockRef]) -> None:
         """Device ``origin`` is about to upload a file of ``blocks`` in ``ns``.
@@ -97,18 +94,14 @@ class Notifier:
         self._by_device[device_id].add(on_revoked)
 
     def unwatch_device(self, device_id: int, on_revoked: Callable[[], None]) -> None:
-        self._by_device[device_id].discard(on_revoked)
-        if not self._by_device[device_id]:
-            del self._by_device[device_id]
+        _drop(self._by_device, device_id, on_revoked)
 
     def watch_user(self, user_id: int, on_members: Callable[[], None]) -> None:
         """``on_members`` runs when the shared folders visible to ``user_id`` change."""
         self._by_user[user_id].add(on_members)
 
     def unwatch_user(self, user_id: int, on_members: Callable[[], None]) -> None:
-        self._by_user[user_id].discard(on_members)
-        if not self._by_user[user_id]:
-            del self._by_user[user_id]
+        _drop(self._by_user, user_id, on_members)
 
     def _on_members(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         for handler in list(self._by_user.get(int(payload), ())) if payload.isdigit() else ():
@@ -125,3 +118,10 @@ class Notifier:
     def _on_device(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         for handler in list(self._by_device.get(int(payload), ())) if payload.isdigit() else ():
             handler()
+
+
+def _drop(handlers: defaultdict[int, set[Any]], key: int, handler: Any) -> None:
+    """Forget ``handler`` for ``key`` (and the key once nobody listens)."""
+    handlers[key].discard(handler)
+    if not handlers[key]:
+        del handlers[key]

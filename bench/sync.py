@@ -34,6 +34,12 @@ the server, the PostgreSQL backends of its database, this script, and
 "other" (the rest of the machine, from /proc/stat: it should be near 0; when
 it is not, someone else's work shared the two cores and the run is suspect).
 
+Start it two minutes or more after anything deleted thousands of files on
+the same filesystem (a previous run's clean-up included): on ext4 without a
+journal, as on these VMs, creating a file meanwhile can cost ten times as
+much (bench/README.md, run 10). Ferry's scratch folder is deleted only after
+Syncthing's run, for the same reason.
+
 Needs PostgreSQL (127.0.0.1:5432 or $FERRY_TEST_DATABASE_URL, else the
 embedded one) and `syncthing` on PATH unless --skip-syncthing. Prints
 `RESULT {json}` per Ferry scenario, a table of Ferry vs Syncthing with
@@ -357,6 +363,12 @@ class FerryBench:
         if self.admin and self.db:
             with contextlib.suppress(Exception):
                 drop_database(self.admin, self.db)
+
+    def remove_scratch(self) -> None:
+        """Called only after Syncthing's run: on ext4 without a journal (these
+        VMs) a new file's inode takes much longer for a minute or so after many
+        files were deleted nearby, so deleting Ferry's 30,000 files before
+        Syncthing's scenario b would slow Syncthing down."""
         if self.args.keep:
             log("keeping", self.work)
         else:
@@ -863,6 +875,7 @@ def main() -> int:
     st: dict[str, dict] = {}
     if not args.skip_syncthing and rc == 0:
         st = run_syncthing(args, sizes, order)
+    bench.remove_scratch()
     rows = compare(order, ferry, st)
     print_table(rows)
     summary = {

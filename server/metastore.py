@@ -297,10 +297,18 @@ class MetaStore:
 
     # --- blocks ------------------------------------------------------------------
 
+    # Which of the hashes $2 user $1 may read: one index probe per hash asked
+    # about (OFFSET 0 keeps each EXISTS a per-row probe, whatever the planner's
+    # statistics say). Written as "hash = ANY($2)" filters, a fresh server's
+    # planner (before ANALYZE had seen its growing tables) read every block row
+    # of the user's namespace and tested each against the array, so the cost
+    # grew with the namespace instead of with the question (bench/README.md,
+    # sync.py run 10).
     _READABLE = (
-        "SELECT hash FROM uploads WHERE user_id = $1 AND hash = ANY($2::bytea[])"
-        " UNION SELECT nb.hash FROM namespace_blocks nb JOIN members m ON m.namespace_id = nb.namespace_id"
-        " WHERE m.user_id = $1 AND nb.hash = ANY($2::bytea[])"
+        "SELECT q.hash FROM unnest($2::bytea[]) AS q(hash)"
+        " WHERE EXISTS (SELECT 1 FROM uploads u WHERE u.user_id = $1 AND u.hash = q.hash OFFSET 0)"
+        " OR EXISTS (SELECT 1 FROM namespace_blocks nb JOIN members m ON m.namespace_id = nb.namespace_id"
+        " WHERE m.user_id = $1 AND nb.hash = q.hash OFFSET 0)"
     )
 
     async def missing_blocks(self, who: Principal, hashes: Sequence[bytes]) -> list[bytes]:

@@ -311,13 +311,23 @@ class MetaStore:
         " WHERE m.user_id = $1 AND nb.hash = q.hash OFFSET 0)"
     )
 
+    @staticmethod
+    def _readable_stored(lock: str = "") -> str:
+        """The stored blocks (hash, size; row locked by ``lock``) among those
+        ``_READABLE`` names: each looked up by its hash too, not by a scan of
+        every block of the server joined to the answer."""
+        return (
+            f"SELECT b.hash, b.size FROM ({MetaStore._READABLE}) r CROSS JOIN LATERAL"
+            f" (SELECT hash, size FROM blocks WHERE hash = r.hash OFFSET 0 {lock}) b"
+        )
+
     async def missing_blocks(self, who: Principal, hashes: Sequence[bytes]) -> list[bytes]:
         """Blocks this user must send: all but those stored AND already
         readable by them (so nobody learns what others have stored)."""
         if not hashes:
             return []
         rows = await self.pool.fetch(
-            f"SELECT b.hash FROM blocks b WHERE b.hash IN ({self._READABLE}) AND {_NOT_DOOMED}",
+            f"{self._readable_stored()} WHERE {_NOT_DOOMED}",
             who.user_id,
             list(hashes),
         )
@@ -884,7 +894,7 @@ class _Tx:
         # FOR KEY SHARE: GC locks a block's row before deleting it, so a block
         # this commit names is either still there at commit or reported missing
         rows = await self.conn.fetch(
-            f"SELECT b.hash, b.size FROM blocks b WHERE b.hash IN ({MetaStore._READABLE}) FOR KEY SHARE OF b",
+            MetaStore._readable_stored("FOR KEY SHARE"),
             self.who.user_id,
             list(blocks),
         )

@@ -24,7 +24,7 @@ def _h(i: int) -> bytes:
 
 
 def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan] if plan.get("Relation Name") in ("uploads", "namespace_blocks") else []
+    found = [plan] if plan.get("Relation Name") in ("uploads", "namespace_blocks", "blocks") else []
     for child in plan.get("Plans", []):
         found += _scans(child)
     return found
@@ -36,7 +36,7 @@ async def test_readable_answers_right_and_probes_once_per_hash(database_url: str
     try:
         await migrate(pool)
         async with pool.acquire() as conn:
-            for table in ("uploads", "namespace_blocks", "members"):
+            for table in ("uploads", "namespace_blocks", "members", "blocks"):
                 await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
             await conn.execute(
                 "INSERT INTO users (user_id, name, password_hash) VALUES (1, 'ann', 'x'), (2, 'bob', 'x');"
@@ -57,8 +57,11 @@ async def test_readable_answers_right_and_probes_once_per_hash(database_url: str
                 "INSERT INTO namespace_blocks (namespace_id, hash) SELECT 2, unnest($1::bytea[])", theirs
             )
             await conn.execute("INSERT INTO uploads (user_id, hash) SELECT 2, unnest($1::bytea[])", theirs)
+            await conn.execute(
+                "INSERT INTO blocks (hash, size) SELECT unnest($1::bytea[]), 4096", mine + theirs
+            )
             if analysed:
-                await conn.execute("ANALYZE uploads, namespace_blocks, members")
+                await conn.execute("ANALYZE uploads, namespace_blocks, members, blocks")
             # asked: uploaded by ann, only in her namespace, bob's, and unknown
             asked = mine[:100] + mine[-200:] + theirs[:150] + [_h(3 * ROWS + i) for i in range(50)]
             assert len(asked) == ASKED
@@ -66,17 +69,18 @@ async def test_readable_answers_right_and_probes_once_per_hash(database_url: str
             rows = await conn.fetch(MetaStore._READABLE, 1, asked)
             assert {bytes(r["hash"]) for r in rows} == set(mine[:100] + mine[-200:])
 
-            plan = await _explain(conn, asked)
-            scans = _scans(plan)
-            assert scans, plan
-            for node in scans:  # a probe finds at most one row per hash; a scan would read thousands
-                assert node["Actual Rows"] <= 1, node
-                assert node["Actual Loops"] <= ASKED, node
+            # as asked alone, and as the stored blocks among them (missing blocks; a commit's check)
+            for query in (MetaStore._READABLE, MetaStore._readable_stored(),
+                          MetaStore._readable_stored("FOR KEY SHARE")):  # fmt: skip
+                async with conn.transaction():
+                    raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", 1, asked)
+                plan = orjson.loads(raw)[0]["Plan"]
+                scans = _scans(plan)
+                assert scans, plan
+                for node in scans:  # a probe finds at most one row per hash; a scan would read thousands
+                    assert node["Actual Rows"] <= 1, node
+                    assert node["Actual Loops"] <= ASKED, node
+            stored = await conn.fetch(MetaStore._readable_stored(), 1, asked)
+            assert {bytes(r["hash"]) for r in stored} == set(mine[:100] + mine[-200:])
     finally:
         await pool.close()
-
-
-async def _explain(conn: asyncpg.Connection, asked: list[bytes]) -> dict[str, Any]:
-    raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {MetaStore._READABLE}", 1, asked)
-    doc = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
-    return doc[0]["Plan"]  # type: ignore[no-any-return]

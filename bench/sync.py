@@ -873,9 +873,11 @@ def main() -> int:
     ferry = {r["scenario"]: r for r in bench.results}
 
     st: dict[str, dict] = {}
-    if not args.skip_syncthing and rc == 0:
-        st = run_syncthing(args, sizes, order)
-    bench.remove_scratch()
+    try:
+        if not args.skip_syncthing and rc == 0:
+            st = run_syncthing(args, sizes, order)
+    finally:
+        bench.remove_scratch()
     rows = compare(order, ferry, st)
     print_table(rows)
     summary = {

@@ -36,18 +36,29 @@ from client import planner as p
 from client.clock import Clock, SystemClock
 from client.home import Credentials
 from client.lan.node import LanNode, LanOptions, Scope, Seen
-from client.scanner import INTERNAL_PREFIX, SETTLE_S, Scan, enable_writer_checks, rescan, scan, settle_left
+from client.scanner import (
+    HINT_OVER,
+    INTERNAL_PREFIX,
+    SETTLE_S,
+    Scan,
+    enable_writer_checks,
+    rescan,
+    scan,
+    settle_left,
+)
 from client.state import Observed, State
 from client.transfer import (
     STAGING_PREFIX,
     UMASK,
     KnownBlocks,
     LocalCopy,
+    Precopied,
     Prefetched,
     Remote,
     commit_blocks,
     fetch,
     place,
+    precopy,
     prefetch,
     send_file,
 )
@@ -82,6 +93,7 @@ STREAM_OVER = 16 * 1024 * 1024
 PREFETCHES = 2
 PREFETCH_KEEP = 900.0
 PREFETCH_ROOM = 1024 * 1024 * 1024
+HINT_TIMEOUT = 5.0  # seconds an edit hint may take to reach the server before it is not worth sending
 FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something
 
 
@@ -139,6 +151,10 @@ class Engine:
         # streaming sync: content hash -> (where it is fetched from, the fetch from peers of a
         # file not committed yet, and the event that tells it the commit came: fetch() goes on)
         self._prefetches: dict[bytes, tuple[Scope, asyncio.Task[Prefetched], asyncio.Event]] = {}
+        # edit hints: (namespace, content hash of the version being edited elsewhere) -> (its
+        # path here, the copy of it being made into the staging folder for the new version)
+        self._precopies: dict[tuple[int, bytes], tuple[str, asyncio.Task[Precopied]]] = {}
+        self._hints: set[asyncio.Task[None]] = set()  # edit hints being sent
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -473,17 +489,29 @@ class Engine:
         """A full scan unless the watcher reported every change since the last
         one: then only the changed folders (and files still settling) are looked at."""
         dirty, self._dirty = self._dirty, set()
+        loop = asyncio.get_running_loop()
+
+        def changing(path: str, seen: Observed) -> None:  # in the scan's thread
+            loop.call_soon_threadsafe(self._hint_edit, path, seen)
+
         if self._incremental():
             try:
                 return await self.fs.run(
-                    rescan, self.root, self._scan, dirty, known, self.conflict_name, self.clock.time()
+                    rescan,
+                    self.root,
+                    self._scan,
+                    dirty,
+                    known,
+                    self.conflict_name,
+                    self.clock.time(),
+                    changing,
                 )
             except BaseException:
                 self._full_needed = True  # the dirty paths are spent
                 raise
         self._full_needed = False
         self._full_at = self.clock.monotonic()
-        return await self.fs.run(scan, self.root, known, self.conflict_name, self.clock.time())
+        return await self.fs.run(scan, self.root, known, self.conflict_name, self.clock.time(), changing)
 
     def _touched(self, actions: list[p.Action]) -> None:
         """Paths these actions change on disk are looked at by the next scan even
@@ -833,11 +861,100 @@ class Engine:
             log.debug("%s: not announced (%s)", path, e.message)
         return scope
 
+    def _hint_edit(self, path: str, seen: Observed) -> None:
+        """The scan is about to read a big file changed since it was last synced:
+        tell the server at once (no retry: only a hint), so that the namespace's
+        other devices can start copying the version they hold into the staging
+        file of the new one while we read and upload it (see :meth:`_precopy`)."""
+        node, conn = self.state.synced_node(path), self.remote.conn
+        if (
+            conn is None
+            or node is None
+            or node.content_hash != seen.content_hash
+            or seen.content_hash is None
+        ):
+            return
+        hint = functools.partial(m.Upcoming, ns=self._ns_of(path), blocks=[], base=seen.content_hash)
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):  # offline, a viewer, an older server: no hint
+                await asyncio.wait_for(conn.call(hint, m.Ok), HINT_TIMEOUT)
+
+        task = asyncio.create_task(send())
+        self._hints.add(task)
+        task.add_done_callback(self._hints.discard)
+
     def _pushed(self, msg: m.Changed | m.NamespacesChanged | m.Incoming) -> None:
         if isinstance(msg, m.Incoming):
-            self._prefetch(msg)
+            if msg.blocks:
+                self._prefetch(msg)
+            elif msg.base is not None:
+                self._precopy(msg.ns, msg.base)
         else:
             self.wakeup.set()
+
+    def _precopy(self, ns: int, base: bytes) -> None:
+        """Another device is editing a big file whose version ``base`` we hold:
+        copy it into a staging file now, so that when the new version's commit
+        comes only its changed blocks are left to write (:meth:`_download`)."""
+        if (ns, base) in self._precopies or len(self._precopies) >= PREFETCHES:
+            return
+        path = next(
+            (
+                p
+                for p, seen in self._scan.observed.items()
+                if seen.content_hash == base and seen.size >= HINT_OVER and self._ns_of(p) == ns
+            ),
+            None,
+        )
+        if path is None:
+            return
+        seen = self._scan.observed[path]
+        try:
+            if self.fs.disk_usage(self.root)[1] < seen.size + PREFETCH_ROOM or not self._unchanged(path):
+                return
+        except OSError:
+            return
+
+        async def copy() -> Precopied:
+            local = await self._local_copy(path)
+            if local is None:
+                raise ValueError("not the synced version")
+            return await precopy(local, self.root / STAGING)
+
+        task = asyncio.create_task(copy())
+        self._precopies[(ns, base)] = (path, task)
+        asyncio.get_running_loop().call_later(PREFETCH_KEEP, self._drop_precopy, (ns, base), task)
+
+    def _take_precopy(self, path: str) -> asyncio.Task[Precopied] | None:
+        """The copy :meth:`_precopy` is making of the file at ``path`` as synced, if any."""
+        seen = self._scan.observed.get(path)
+        key = (self._ns_of(path), seen.content_hash) if seen is not None and seen.content_hash else None
+        if key is None or key not in self._precopies or self._precopies[key][0] != path:
+            return None
+        return self._precopies.pop(key)[1]
+
+    def _drop_precopy(self, key: tuple[int, bytes], task: asyncio.Task[Precopied]) -> None:
+        """No commit of an edit came (or we stop): delete the copy."""
+        if key not in self._precopies or self._precopies[key][1] is not task:
+            return
+        del self._precopies[key]
+        self._discard_precopy(task)
+
+    def _discard_precopy(self, task: asyncio.Task[Precopied]) -> None:
+        if not task.done():
+            task.cancel()  # precopy() deletes its temp file
+        elif not task.cancelled() and task.exception() is None:
+            with contextlib.suppress(OSError):
+                self.fs.unlink(task.result().tmp)
+
+    def _drop_prefetches(self) -> None:
+        for key, (_, task, _) in list(self._prefetches.items()):
+            self._drop_prefetch(key, task)
+        for pkey, (_, ptask) in list(self._precopies.items()):
+            self._drop_precopy(pkey, ptask)
+        for hint in self._hints:
+            hint.cancel()
 
     def _prefetch(self, msg: m.Incoming) -> None:
         """Another device is uploading a big file: fetch from LAN peers the
@@ -883,10 +1000,6 @@ class Engine:
         with contextlib.suppress(OSError):
             self.fs.unlink(pre.tmp)
 
-    def _drop_prefetches(self) -> None:
-        for key, (_, task, _) in list(self._prefetches.items()):
-            self._drop_prefetch(key, task)
-
     async def _send_and_commit(
         self, path: str, src: Path, known: KnownBlocks | None, parent: int | None
     ) -> None:
@@ -915,15 +1028,24 @@ class Engine:
             return
         dest = self.disk(path)
         self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
-        local = await self._local_copy(path, entry) if len(entry.blocks or []) > 1 else None
-        resume = None
+        local = await self._local_copy(path) if len(entry.blocks or []) > 1 else None
+        resume = also = None
+        copying = self._take_precopy(path)
+        if copying is not None:  # another device's edit hint: our version is (being) copied already
+            try:
+                resume = (await copying).resume(entry.blocks or [])
+            except Exception as e:  # copy what is left as usual
+                log.info("%s: copy before the commit failed (%s)", path, e)
+                self._discard_precopy(copying)
         if entry.content_hash in self._prefetches:  # streaming sync: its blocks came (are coming) early
             _, task, stop = self._prefetches.pop(entry.content_hash)
             stop.set()  # the blocks being fetched arrive; the rest come as any fetch's do
             try:
-                resume = await task
+                also = await task
             except Exception as e:  # fetch it all as usual
                 log.info("%s: prefetch failed (%s)", path, e)
+        if resume is None:
+            resume, also = also, None
         tmp = await fetch(
             self.remote,
             entry,
@@ -932,6 +1054,7 @@ class Engine:
             local=local,
             source=self._source(self._ns_of(path)),
             resume=resume,
+            also=also,
         )
         failpoints.hit("client.download.staged")
         try:
@@ -968,7 +1091,7 @@ class Engine:
         """Wait for the deletions :meth:`_delete_later` started (before the engine stops)."""
         await asyncio.gather(*self._deleting, return_exceptions=True)
 
-    async def _local_copy(self, path: str, entry: m.Entry) -> LocalCopy | None:
+    async def _local_copy(self, path: str) -> LocalCopy | None:
         """The local file at ``path`` as a source of blocks for its new version,
         if it is still the synced version (whose block list the server has)."""
         seen, base = self._scan.observed.get(path), self.state.synced_node(path)

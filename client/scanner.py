@@ -34,6 +34,9 @@ SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
 )  # modified more recently: still being written
 KEEP_BLOCKS_OVER = 1024 * 1024  # bytes: a scan keeps the block list of bigger files it hashes
+HINT_OVER = (
+    16 * 1024 * 1024
+)  # bytes: a changed file this big is told to ``Scan.changing`` before it is hashed
 INTERNAL_PREFIX = ".ferry-"  # .ferry-root marker, .ferry-staging/
 BUILTIN_IGNORES = ["*.swp", "~$*", ".DS_Store", "Thumbs.db", "*.tmp", ".ferry-*"]
 IGNORE_FILE = ".ferryignore"
@@ -51,6 +54,9 @@ class Scan:
     # folder -> the paths directly in it (rescan keeps it from one scan to the next,
     # rather than building it again over the whole tree for every change)
     children: dict[str, set[str]] | None = None
+    # called (in the scan's thread) with the path and last observation of a big known file
+    # whose size, mtime or inode changed, before the scan reads it
+    changing: Callable[[str, Observed], None] | None = field(default=None, repr=False, compare=False)
 
 
 def load_ignores(root: Path) -> pathspec.GitIgnoreSpec:
@@ -77,10 +83,11 @@ def is_ignored(spec: pathspec.GitIgnoreSpec, path: str, is_dir: bool) -> bool:
 
 
 def scan(
-    root: Path, known: Mapping[str, Observed], conflict_name: Callable[[str], str], now: float | None = None
-) -> Scan:
+    root: Path, known: Mapping[str, Observed], conflict_name: Callable[[str], str], now: float | None = None,
+    changing: Callable[[str, Observed], None] | None = None,
+) -> Scan:  # fmt: skip
     """Walk ``root``; ``known`` is what the state observed last time (for cheap change detection)."""
-    out = Scan()
+    out = Scan(changing=changing)
     spec = load_ignores(root)
     now = time.time() if now is None else now
     _walk(root, "/", spec, _ByInode(known), conflict_name, now, out)
@@ -205,6 +212,8 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
         return
     else:
         found: list[tuple[int, int, bytes]] | None = [] if info.st_size > KEEP_BLOCKS_OVER else None
+        if known is not None and out.changing is not None and max(known.size, info.st_size) >= HINT_OVER:
+            out.changing(path, known)
         try:
             digest = hash_file(disk, found)
             after = fs.disk().stat(disk)
@@ -229,6 +238,7 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
 def rescan(
     root: Path, previous: Scan, dirty: Iterable[str], known: Mapping[str, Observed],
     conflict_name: Callable[[str], str], now: float | None = None,
+    changing: Callable[[str, Observed], None] | None = None,
 ) -> Scan:  # fmt: skip
     """Bring ``previous`` (a scan of ``root``) up to date given the disk paths a
     watcher reported as changed since; the result is what ``scan`` would find.
@@ -250,14 +260,15 @@ def rescan(
             folders.add("/")
             continue
         if not disk.startswith(base) or disk == base + IGNORE_FILE:
-            return scan(root, known, conflict_name, now)
+            return scan(root, known, conflict_name, now, changing)
         path = "/" + unicodedata.normalize("NFC", disk[len(base) :].rstrip("/"))
         folders.add(_parent(path))
         maybe.add(path)
     for path in (*previous.skipped, *previous.unstable):
         folders.add(_parent(path))
         maybe.add(path)
-    out = Scan(dict(previous.tree), dict(previous.observed), dict(previous.skipped), set(previous.unstable))
+    out = Scan(dict(previous.tree), dict(previous.observed), dict(previous.skipped), set(previous.unstable),
+               changing=changing)  # fmt: skip
     children = previous.children if previous.children is not None else _children_index(out)
     previous.children = None  # taken over: changed below to describe the new scan
     out.children = children
@@ -343,7 +354,7 @@ def _relist(
     for path in kept:  # the entry itself; its subtree stays unless it is gone
         del out.tree[path]
     out.skipped.pop(folder, None)  # "unreadable folder": this listing says again if still so
-    part = Scan(renamed=out.renamed)
+    part = Scan(renamed=out.renamed, changing=out.changing)
     _walk(root / folder.lstrip("/"), folder, spec, known, conflict_name, now, part, shallow=kept)
     for path in kept:
         if path not in part.tree:

@@ -512,6 +512,46 @@ async def prefetch(
         disk.close(fd)
 
 
+@dataclass
+class Precopied:
+    """A temp file holding a copy of a local file's blocks at their offsets,
+    made while another device edits that file (its earliest hint, before it has
+    read the new version): the new version, when its commit comes, needs only
+    what is not at the same offset there already."""
+
+    tmp: Path
+    held: dict[int, bytes]  # offset -> hash of the block copied there
+
+    def resume(self, blocks: list[m.BlockRef]) -> Prefetched:
+        """As a :class:`Prefetched` of ``blocks``: those already in place."""
+        offsets = itertools_accumulate([b.size for b in blocks])
+        held = (
+            i for i, (at, b) in enumerate(zip(offsets, blocks, strict=True)) if self.held.get(at) == b.hash
+        )
+        return Prefetched(self.tmp, set(held))
+
+
+async def precopy(local: LocalCopy, folder: Path) -> Precopied:
+    """Copy ``local``'s blocks, each hash-checked as it is read, into a new temp
+    file in ``folder``, written out to disk as it goes (see :func:`_copy_local`;
+    a block that no longer reads right is left out). The caller deletes the
+    temp file if no commit based on this version comes."""
+    disk = fs.disk()
+    size = sum(b.size for b in local.blocks)
+    tmp, fd = _staging(folder, size, True)
+    try:
+        offsets = list(itertools_accumulate([b.size for b in local.blocks]))
+        done: set[int] = set()
+        await _copy_local(local, local.blocks, offsets, fd, done, lambda n: None, True)
+        return Precopied(tmp, {offsets[i]: local.blocks[i].hash for i in done})
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            disk.unlink(tmp)
+        raise
+    finally:
+        disk.close(fd)
+
+
 async def fetch(
     remote: Remote,
     entry: m.Entry,
@@ -521,14 +561,18 @@ async def fetch(
     local: LocalCopy | None = None,
     source: BlockSource | None = None,
     resume: Prefetched | None = None,
+    also: Prefetched | None = None,
 ) -> Path:
     """Fetch ``entry`` into a new temp file in ``folder``: every block
     hash-checked, the content hash checked, mode and mtime set, fsynced.
     Blocks ``local`` already holds are copied from it (only the changed ones
     cross the network); the others come from ``source`` (LAN peers) when it
-    has them, else from the server. ``resume``: a prefetched temp file of
-    these very blocks (streaming sync), finished in place. The caller renames
-    it into place (see :func:`place`)."""
+    has them, else from the server. ``resume``: a temp file already holding
+    some of these blocks at their offsets (streaming sync, or a copy of the
+    version this one replaces: :func:`precopy`), finished in place; ``also``:
+    another such file (streaming sync's, beside a copy of the version before),
+    whose blocks are moved into it and which is then deleted. The caller
+    renames the result into place (see :func:`place`)."""
     if entry.kind != "file" or entry.blocks is None or entry.content_hash is None:
         raise ProtocolError(ErrorCode.IS_A_DIRECTORY, f"{entry.path} is a folder; give a file path")
     if content_hash(b.hash for b in entry.blocks) != entry.content_hash:
@@ -543,9 +587,17 @@ async def fetch(
     else:
         (tmp, fd), done = _staging(folder, entry.size, big), set()
     try:
+        if resume is not None:
+            disk.ftruncate(fd, entry.size)  # a copy of the version before may be longer or shorter
         for i in done:
             progress(entry.blocks[i].size)
         offsets = list(itertools_accumulate([b.size for b in entry.blocks]))
+        if also is not None:
+            moved = [(i, offsets[i], entry.blocks[i].size) for i in sorted(also.done - done)]
+            moved = moved[: await disk.run(_move_blocks, also.tmp, fd, moved, big)]
+            for i, _, size in moved:
+                done.add(i)
+                progress(size)
         if local is not None:
             await _copy_local(local, entry.blocks, offsets, fd, done, progress, big)
 
@@ -576,10 +628,41 @@ async def fetch(
     finally:
         if source is not None:
             source.released(tmp)
+            if also is not None:
+                source.released(also.tmp)
+        if also is not None:
+            with contextlib.suppress(FileNotFoundError):
+                disk.unlink(also.tmp)
         if fd >= 0:
             disk.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 disk.unlink(tmp)
+
+
+def _move_blocks(src: Path, dst: int, blocks: list[tuple[int, int, int]], big: bool) -> int:
+    """Copy each block ``(index, offset, size)`` from the temp file ``src`` (where
+    it was written, hash-checked, at the same offset) into ``dst``; how many
+    were (the rest, if ``src`` cannot be read, are left for the network)."""
+    disk = fs.disk()
+    moved = 0
+    try:
+        fd = disk.open(src, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        for _, at, size in blocks:
+            data = disk.pread(fd, size, at)
+            if len(data) != size:
+                break
+            disk.pwrite(dst, data, at)
+            if big:
+                disk.start_writeback(dst, at, size)
+            moved += 1
+    except OSError:
+        pass
+    finally:
+        disk.close(fd)
+    return moved
 
 
 COPY_GROUP = 8 * 1024 * 1024  # bytes of kept blocks read and checked at a time

@@ -702,23 +702,37 @@ class Upcoming(Message):
     namespace's other devices (:class:`Incoming`), which may start fetching the
     blocks from their LAN peers before the commit names them. Only a hint: the
     server stores nothing, and a device uses such a block only once a commit
-    names its hash."""
+    names its hash.
+
+    ``base``: the content hash of the version this upload replaces. Sent with
+    no ``blocks`` it is the earlier hint of an edit, before the device has even
+    read the new version: a device holding ``base`` may start copying it into
+    the staging file of the new version, which then needs only the blocks that
+    changed (see ``client.engine``)."""
 
     TYPE: ClassVar[str] = "upcoming"
     id: int
     ns: int
     blocks: list[BlockRef]
+    base: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.base is not None and len(self.base) != 32:
+            raise ValueError("base must be a 32-byte content hash")
+        if not self.blocks and self.base is None:
+            raise ValueError("an announcement names blocks, a base version, or both")
 
 
 @dataclass(frozen=True, slots=True)
 class Incoming(Message):
     """Push (to clients whose hello named the ``incoming`` feature): another
     device of namespace ``ns`` is uploading a file of these blocks (see
-    :class:`Upcoming`). Only a hint."""
+    :class:`Upcoming`, whose ``base`` it passes on). Only a hint."""
 
     TYPE: ClassVar[str] = "incoming"
     ns: int
     blocks: list[BlockRef]
+    base: bytes | None = None
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (

@@ -22,7 +22,9 @@ from server.metastore import DEVICES_CHANNEL, MEMBERS_CHANNEL, NOTIFY_CHANNEL
 
 log = logging.getLogger("ferry.notifier")
 ChangeHandler = Callable[[int, int], None]
-IncomingHandler = Callable[[int, int, list[BlockRef]], None]  # (origin device, ns, blocks)
+IncomingHandler = Callable[
+    [int, int, list[BlockRef], bytes | None], None
+]  # (origin device, ns, blocks, base)
 
 
 class Notifier:
@@ -83,12 +85,13 @@ class Notifier:
     def unlisten_incoming(self, ns: int, handler: IncomingHandler) -> None:
         _drop(self._incoming, ns, handler)
 
-    def incoming(self, origin: int, ns: int, blocks: list[BlockRef]) -> None:
-        """Device ``origin`` is about to upload a file of ``blocks`` in ``ns``.
+    def incoming(self, origin: int, ns: int, blocks: list[BlockRef], base: bytes | None = None) -> None:
+        """Device ``origin`` is about to upload a file of ``blocks`` in ``ns``
+        (replacing the version whose content hash is ``base``, if given).
         Told to this process's devices only: a hint for devices on the
         uploader's LAN, which is missed, not wrong, elsewhere."""
         for handler in list(self._incoming.get(ns, ())):
-            handler(origin, ns, blocks)
+            handler(origin, ns, blocks, base)
 
     def watch_device(self, device_id: int, on_revoked: Callable[[], None]) -> None:
         self._by_device[device_id].add(on_revoked)

@@ -255,7 +255,7 @@ class Session:
         if self._takes_incoming:
             self.services.notifier.unlisten_incoming(ns, self._on_incoming)
 
-    def _on_incoming(self, origin: int, ns: int, blocks: list[m.BlockRef]) -> None:
+    def _on_incoming(self, origin: int, ns: int, blocks: list[m.BlockRef], base: bytes | None) -> None:
         if origin == self.who.device_id:
             return
         if self._incoming_sends >= INCOMING_QUEUE:  # a client slow to read: skip hints, not replies
@@ -265,7 +265,7 @@ class Session:
         async def send() -> None:
             try:
                 with contextlib.suppress(Exception):
-                    await self._send(m.Incoming(ns, blocks))
+                    await self._send(m.Incoming(ns, blocks, base))
             finally:
                 self._incoming_sends -= 1
 
@@ -411,7 +411,7 @@ class Session:
                 case (m.Share() | m.Unshare() | m.ListInvitations() | m.Accept() | m.Leave() | m.ListMembers()
                       | m.CreateLink() | m.ListLinks() | m.RevokeLink() | m.GetQuota()):  # fmt: skip
                     return await sharing.handle(meta, who, msg)
-                case m.Upcoming(id=i, ns=ns, blocks=blocks):
+                case m.Upcoming(id=i, ns=ns, blocks=blocks, base=base):
                     if len(blocks) > MAX_QUERY_HASHES:
                         raise ProtocolError(
                             ErrorCode.TOO_LARGE, f"at most {MAX_QUERY_HASHES} blocks per file"
@@ -425,7 +425,7 @@ class Session:
                         raise ProtocolError(
                             ErrorCode.READ_ONLY, f"{space.path} is shared with you as a viewer"
                         )
-                    self.services.notifier.incoming(who.device_id, ns, blocks)
+                    self.services.notifier.incoming(who.device_id, ns, blocks, base)
                     return m.Ok(i)
                 case m.LanTickets(id=i, fingerprint=fp):
                     if self.services.lan is None:

@@ -1,7 +1,7 @@
 """LAN sync end to end: real `ferry server` and `ferry sync` processes on
 loopback with static peers, counting the block bytes the server sends
 (``/metrics``); peers that refuse, lie or stall; discovery across real network
-namespaces."""
+namespaces; edit hints, which need no peer."""
 
 from __future__ import annotations
 
@@ -166,6 +166,57 @@ def test_a_big_file_streams_to_a_peer_while_it_is_still_uploading(lan_server, li
         wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to take the edit")
         assert status(b, fb)["lan"]["from_peers"] - 24 * MiB <= 2 * 4 * MiB  # a block or two
         assert sent(lan_server) - before == 0
+    finally:
+        proxy.stop()
+
+
+def test_an_edit_hint_lets_a_device_copy_its_version_before_the_commit(
+    lan_server, live, tmp_path: Path
+) -> None:
+    """Edit hints (LAN sync off: a hint needs no peer): A tells the server it is
+    about to read a big file it changed, and B copies the version it holds into
+    its staging folder while A's upload is still held, so that after A's commit
+    B writes only what changed, growing or shrinking the copy to the new size."""
+    a, b = user(lan_server, tmp_path, "alice", "a", "b")
+    fa, fb = tmp_path / "A", tmp_path / "B"
+    old = write_random(fa / "big.bin", 24 * MiB)
+    a.run("sync", str(fa), "--once", "--lan", "off", check=True)
+    proxy = FaultProxy(lan_server.port).start()  # A reaches the server through it: the test can hold A
+    try:
+        save_credentials(
+            a.home, dataclasses.replace(load_credentials(a.home), server=f"http://127.0.0.1:{proxy.port}")
+        )
+        live(a, str(fa), "--lan", "off")
+        live(b, str(fb), "--lan", "off")
+        wait_for(lambda: synced(b, fb, "big.bin", old) and status(a, fa).get("state") == "up to date", 90,
+                 "both devices to hold big.bin")  # fmt: skip
+        staging = fb / ".ferry-staging"
+        proxy.hold_up(64 * 1024)  # the hint goes through; the upload stalls in its first block
+        before = sent(lan_server)
+        with open(fa / "big.bin", "r+b") as f:  # an edit in place, and 1 MiB appended
+            f.seek(12 * MiB)
+            f.write(b"an edit")
+            f.seek(0, os.SEEK_END)
+            f.write(os.urandom(MiB))
+        want = digest(fa / "big.bin")
+
+        def copied() -> bool:
+            return any(
+                f.stat().st_size == 24 * MiB and digest(f) == old for f in staging.glob(".ferry-tmp-*")
+            )
+
+        wait_for(copied, 60, "B to copy its version of big.bin while A's upload is held")
+        assert digest(fb / "big.bin") == old  # no commit yet: B's file is as it was
+        proxy.release_up()
+        wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to place the edit")
+        assert sent(lan_server) - before < 8 * MiB  # the changed blocks, not the file
+        wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30, "B's staging folder to be empty")
+        # a shrink: the copy is cut to the new size
+        os.truncate(fa / "big.bin", 10 * MiB + 5)
+        want = digest(fa / "big.bin")
+        wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to take the shorter version")
+        assert (fb / "big.bin").stat().st_size == 10 * MiB + 5
+        wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30, "B's staging folder to be empty")
     finally:
         proxy.stop()
 

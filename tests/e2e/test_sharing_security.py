@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
@@ -436,6 +437,17 @@ async def test_an_upcoming_upload_is_told_only_to_the_namespaces_other_devices(w
     err(await call(w.carol, m.Upcoming(nid(), w.ns, blocks)), ErrorCode.READ_ONLY)
     err(await call(w.eve, m.Upcoming(nid(), w.ns, blocks)), ErrorCode.NOT_FOUND)
     err(await call(w.bob, m.Upcoming(nid(), w.ns, [m.BlockRef(sha(SECRET), 0)])), ErrorCode.BAD_REQUEST)
+    # an edit hint: no blocks yet, only the version being replaced; passed on to the same devices
+    base = sha(b"the version before")
+    assert isinstance(await call(w.alice, m.Upcoming(nid(), w.ns, [], base)), m.Ok)
+    for ws in (bob2, alice2):
+        pushed = await recv(ws)
+        assert pushed == m.Incoming(w.ns, [], base), pushed
+    err(await call(w.carol, m.Upcoming(nid(), w.ns, [], base)), ErrorCode.READ_ONLY)
+    err(await call(w.eve, m.Upcoming(nid(), w.ns, [], base)), ErrorCode.NOT_FOUND)
+    for bad in ({"blocks": []}, {"blocks": [], "base": "ab" * 31}):  # nothing announced; not a hash
+        await w.bob.send(orjson.dumps({"type": "upcoming", "id": 7, "ns": w.ns, **bad}).decode())
+        err(await recv(w.bob), ErrorCode.BAD_REQUEST)
     for ws in (bob2, eve2, alice2):
         assert isinstance(await call(ws, m.Ping(nid())), m.Pong)  # nothing was told of those
         await ws.close()

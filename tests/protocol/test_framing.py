@@ -84,6 +84,12 @@ def dataclass_strategy(cls: type) -> st.SearchStrategy[Any]:
     hints = _hints(cls)
     if cls is m.BatchResult:  # exactly one of its two fields
         return st.builds(cls, entry=strategy_for(m.Entry)) | st.builds(cls, failure=strategy_for(m.Failure))
+    if cls is m.Upcoming:  # it names blocks, the version it replaces, or both
+        refs = strategy_for(list[m.BlockRef])
+        some = st.lists(strategy_for(m.BlockRef), min_size=1, max_size=4)
+        return st.builds(cls, id=INT64, ns=INT64, blocks=some, base=st.none() | HASHES) | st.builds(
+            cls, id=INT64, ns=INT64, blocks=refs, base=HASHES
+        )
     if cls is m.GetBlock:  # its reply echoes the id in a 32-bit header
         return st.builds(cls, id=st.integers(0, 2**32 - 1), hash=HASHES)
     return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)})
@@ -184,6 +190,13 @@ SPACED_HEX = "aa " * 16 + "aa" * 8  # 64 characters that bytes.fromhex reads as 
 ENTRY = {"path": "/a", "kind": "file", "file_id": 1, "version": 1}
 
 BAD_FRAMES: list[tuple[str | bytes, ErrorCode, int | None, str]] = [
+    (orjson.dumps({"type": "upcoming", "id": 4, "ns": 1, "blocks": []}), ErrorCode.BAD_REQUEST, 4, "base"),
+    (
+        orjson.dumps({"type": "upcoming", "id": 5, "ns": 1, "blocks": [], "base": "ab" * 31}),
+        ErrorCode.BAD_REQUEST,
+        5,
+        "base",
+    ),
     # (frame, code, detail['id'], a word the message must contain)
     ('{"type": "ping", "id": 1', ErrorCode.BAD_REQUEST, None, "JSON"),
     ("", ErrorCode.BAD_REQUEST, None, "JSON"),

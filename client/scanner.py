@@ -34,9 +34,8 @@ SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
 )  # modified more recently: still being written
 KEEP_BLOCKS_OVER = 1024 * 1024  # bytes: a scan keeps the block list of bigger files it hashes
-HINT_OVER = (
-    16 * 1024 * 1024
-)  # bytes: a changed file this big is told to ``Scan.changing`` before it is hashed
+# bytes: a changed file this big is told to ``Scan.changing`` before it is hashed
+HINT_OVER = 16 * 1024 * 1024
 INTERNAL_PREFIX = ".ferry-"  # .ferry-root marker, .ferry-staging/
 BUILTIN_IGNORES = ["*.swp", "~$*", ".DS_Store", "Thumbs.db", "*.tmp", ".ferry-*"]
 IGNORE_FILE = ".ferryignore"

@@ -93,6 +93,8 @@ STREAM_OVER = 16 * 1024 * 1024
 PREFETCHES = 2
 PREFETCH_KEEP = 900.0
 PREFETCH_ROOM = 1024 * 1024 * 1024
+# an edit hint's copy is kept this many seconds for the commit (an edit that changed nothing never has one)
+PRECOPY_KEEP = 300.0
 HINT_TIMEOUT = 5.0  # seconds an edit hint may take to reach the server before it is not worth sending
 FULL_SCAN_EVERY = 300.0  # s; live mode scans everything this often in case the watcher missed something
 
@@ -385,6 +387,7 @@ class Engine:
         left = settled - self.clock.monotonic()  # what is left of it: reading the state took a while
         await asyncio.sleep(left)
         self._scan = await self._scan_disk(known)
+        self._prune_precopies()
         for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
             self._scan.skipped[path] = (
                 f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
@@ -924,7 +927,15 @@ class Engine:
 
         task = asyncio.create_task(copy())
         self._precopies[(ns, base)] = (path, task)
-        asyncio.get_running_loop().call_later(PREFETCH_KEEP, self._drop_precopy, (ns, base), task)
+        asyncio.get_running_loop().call_later(PRECOPY_KEEP, self._drop_precopy, (ns, base), task)
+
+    def _prune_precopies(self) -> None:
+        """Drop copies of versions no longer here (edited or deleted locally meanwhile:
+        the commit, when it comes, is a conflict or a re-creation, not built from them)."""
+        for (ns, base), (path, task) in list(self._precopies.items()):
+            seen = self._scan.observed.get(path)
+            if seen is None or seen.content_hash != base:
+                self._drop_precopy((ns, base), task)
 
     def _take_precopy(self, path: str) -> asyncio.Task[Precopied] | None:
         """The copy :meth:`_precopy` is making of the file at ``path`` as synced, if any."""

@@ -211,6 +211,25 @@ def test_an_edit_hint_lets_a_device_copy_its_version_before_the_commit(
         wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to place the edit")
         assert sent(lan_server) - before < 8 * MiB  # the changed blocks, not the file
         wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30, "B's staging folder to be empty")
+        # B edits its file while it holds a copy for A's edit: the copy is dropped, both edits kept
+        old = want
+        wait_for(lambda: status(a, fa).get("state") == "up to date", 60, "A to be idle")
+        proxy.hold_up(64 * 1024)
+        with open(fa / "big.bin", "r+b") as f:
+            f.write(b"A's edit")
+        theirs = digest(fa / "big.bin")
+        wait_for(lambda: any(f.stat().st_size == 25 * MiB and digest(f) == old for f in staging.glob(".ferry-tmp-*")),
+                 60, "B to copy its version again")  # fmt: skip
+        with open(fb / "big.bin", "ab") as f:
+            f.write(b"B's edit")
+        mine = digest(fb / "big.bin")
+        wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30,
+                 "B to drop the copy of a version it no longer has")  # fmt: skip
+        proxy.release_up()
+        for device, folder in ((b, fb), (a, fa)):  # whichever reached the server first keeps the name
+            wait_for(lambda d=device, f=folder: sorted(digest(g) for g in f.glob("big*")) == sorted([mine, theirs])
+                     and status(d, f).get("state") == "up to date", 90, "both devices to keep both edits")  # fmt: skip
+        assert len(list(fb.glob("big*conflicted copy*"))) == 1
         # a shrink: the copy is cut to the new size
         os.truncate(fa / "big.bin", 10 * MiB + 5)
         want = digest(fa / "big.bin")

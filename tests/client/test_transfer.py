@@ -69,6 +69,43 @@ def test_copy_from_the_old_version_in_groups(tmp_path: Path, monkeypatch: pytest
         os.close(fd)
 
 
+def test_a_copy_made_before_the_commit_counts_only_blocks_at_their_offset(tmp_path: Path) -> None:
+    """Edit hints: :func:`transfer.precopy` copies the version held (a block
+    that no longer hashes right is left out), and the new version's fetch
+    counts as done only blocks that are at the same offset in that copy."""
+    blocks = [bytes([65 + k]) * (5 + k) for k in range(4)]  # 5, 6, 7, 8 bytes
+    old = tmp_path / "old"
+    old.write_bytes(b"".join(blocks))
+    with open(old, "r+b") as f:
+        f.seek(5 + 6 + 7)  # blocks[3] changed on disk since it was synced
+        f.write(b"?")
+    refs = [m.BlockRef(block_hash(b), len(b)) for b in blocks]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    copy = asyncio.run(transfer.precopy(transfer.LocalCopy(old, refs), staging))
+    assert copy.held == {0: refs[0].hash, 5: refs[1].hash, 11: refs[2].hash}
+    assert copy.tmp.read_bytes()[:18] == b"".join(blocks[:3])
+    edited = m.BlockRef(block_hash(b"B" * 5 + b"!"), 6)
+    new = [refs[0], edited, refs[2], refs[3], m.BlockRef(block_hash(b"tail"), 4)]  # in place, then appended
+    assert copy.resume(new).done == {0, 2}
+    shifted = [m.BlockRef(block_hash(b"+"), 1), *refs]  # an insertion at 0 moves every block
+    assert copy.resume(shifted).done == set()
+
+
+def test_blocks_fetched_early_are_moved_into_the_copy(tmp_path: Path) -> None:
+    early = tmp_path / "early"
+    early.write_bytes(b"\0" * 4 + b"abcd" + b"\0" * 4 + b"efgh")
+    fd = _fd(tmp_path / "copy", os.O_RDWR)
+    try:
+        os.ftruncate(fd, 16)
+        assert transfer._move_blocks(early, fd, [(1, 4, 4), (3, 12, 4)], big=False) == 2
+        assert os.pread(fd, 16, 0) == b"\0" * 4 + b"abcd" + b"\0" * 4 + b"efgh"
+        assert transfer._move_blocks(early, fd, [(3, 12, 4), (4, 16, 4)], big=False) == 1  # past its end
+        assert transfer._move_blocks(tmp_path / "gone", fd, [(1, 4, 4)], big=False) == 0
+    finally:
+        os.close(fd)
+
+
 def test_placing_over_a_big_file_keeps_its_blocks_aside_to_delete_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -157,6 +157,9 @@ class Engine:
         # path here, the copy of it being made into the staging folder for the new version)
         self._precopies: dict[tuple[int, bytes], tuple[str, asyncio.Task[Precopied]]] = {}
         self._hints: set[asyncio.Task[None]] = set()  # edit hints being sent
+        self._hinted: dict[
+            str, bytes
+        ] = {}  # path -> the version an edit hint named, until a scan has read it
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -388,6 +391,7 @@ class Engine:
         await asyncio.sleep(left)
         self._scan = await self._scan_disk(known)
         self._prune_precopies()
+        self._settle_hints()
         for path, kept in unresolved:  # could not be renamed: not downloaded over `kept`
             self._scan.skipped[path] = (
                 f"differs only in case from {kept}, which this filesystem cannot hold apart; rename one"
@@ -869,15 +873,37 @@ class Engine:
         tell the server at once (no retry: only a hint), so that the namespace's
         other devices can start copying the version they hold into the staging
         file of the new one while we read and upload it (see :meth:`_precopy`)."""
-        node, conn = self.state.synced_node(path), self.remote.conn
-        if (
-            conn is None
-            or node is None
-            or node.content_hash != seen.content_hash
-            or seen.content_hash is None
-        ):
+        node = self.state.synced_node(path)
+        if node is None or node.content_hash != seen.content_hash or seen.content_hash is None:
             return
-        hint = functools.partial(m.Upcoming, ns=self._ns_of(path), blocks=[], base=seen.content_hash)
+        if self._send_hint(path, [], seen.content_hash):
+            self._hinted[path] = seen.content_hash
+
+    async def _hints_sent(self) -> None:
+        """Before stopping: let the hints just made go out (a second at most)."""
+        if self._hints:
+            await asyncio.wait(self._hints, timeout=1.0)
+
+    def _settle_hints(self) -> None:
+        """After a scan: a file an edit hint was sent for and that the scan has now
+        read whole turned out unchanged (touched, or edited back): say so, with its
+        blocks, so that the devices copying it drop their copies at once."""
+        for path, base in list(self._hinted.items()):
+            if path in self._scan.unstable:
+                continue  # read again next round (a hint may come again; the copies stay good)
+            del self._hinted[path]
+            seen, known = self._scan.observed.get(path), self._scan.blocks.get(path)
+            if seen is not None and seen.content_hash == base and known is not None:
+                self._send_hint(
+                    path, [m.BlockRef(h, n) for h, n in zip(known.hashes, known.sizes, strict=True)], base
+                )
+
+    def _send_hint(self, path: str, blocks: list[m.BlockRef], base: bytes) -> bool:
+        """Send ``upcoming`` for ``path`` now if connected (no retry: only a hint)."""
+        conn = self.remote.conn
+        if conn is None:
+            return False
+        hint = functools.partial(m.Upcoming, ns=self._ns_of(path), blocks=blocks, base=base)
 
         async def send() -> None:
             with contextlib.suppress(Exception):  # offline, a viewer, an older server: no hint
@@ -886,10 +912,14 @@ class Engine:
         task = asyncio.create_task(send())
         self._hints.add(task)
         task.add_done_callback(self._hints.discard)
+        return True
 
     def _pushed(self, msg: m.Changed | m.NamespacesChanged | m.Incoming) -> None:
         if isinstance(msg, m.Incoming):
-            if msg.blocks:
+            if msg.blocks and msg.base is not None and content_hash(b.hash for b in msg.blocks) == msg.base:
+                if (msg.ns, msg.base) in self._precopies:  # the edit hinted at changed nothing
+                    self._drop_precopy((msg.ns, msg.base), self._precopies[(msg.ns, msg.base)][1])
+            elif msg.blocks:
                 self._prefetch(msg)
             elif msg.base is not None:
                 self._precopy(msg.ns, msg.base)
@@ -1036,6 +1066,8 @@ class Engine:
         seen = self._scan.observed.get(path)
         if seen and seen.content_hash == entry.content_hash and seen.executable == entry.executable:
             self.state.record(path, entry, seen)  # same bytes already here (e.g. after a move): no transfer
+            if (copying := self._take_precopy(path)) is not None:
+                self._discard_precopy(copying)  # (a copy made for an edit that changed no byte)
             return
         dest = self.disk(path)
         self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
@@ -1233,6 +1265,7 @@ class Engine:
         finally:
             self._write_status()
             await self._deleted()
+            await self._hints_sent()
             self._drop_prefetches()
             if self.lan is not None:
                 await self.lan.stop()
@@ -1273,6 +1306,7 @@ class Engine:
             self.status["state"] = "stopped"
             self._write_status()
             await self._deleted()
+            await self._hints_sent()
             self._drop_prefetches()
             if self.lan is not None:
                 await self.lan.stop()

@@ -708,7 +708,8 @@ class Upcoming(Message):
     no ``blocks`` it is the earlier hint of an edit, before the device has even
     read the new version: a device holding ``base`` may start copying it into
     the staging file of the new version, which then needs only the blocks that
-    changed (see ``client.engine``)."""
+    changed (see ``client.engine``); sent again with the blocks of ``base``
+    itself, it says the edit changed nothing after all (those copies can go)."""
 
     TYPE: ClassVar[str] = "upcoming"
     id: int

@@ -22,8 +22,12 @@ import pytest
 
 from client.home import load_credentials, save_credentials
 from client.lan.identity import load_identity
+from protocol import framing
+from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ProtocolError
+from protocol.hashing import content_hash
+from tests.e2e.test_wire import login, nid, open_ws, recv
 from tests.support.faultproxy import FaultProxy
 from tests.support.lan import LoopThread, ask, digest, forge, sent, start_peer, tickets, wait_for
 from tests.support.moto_server import free_port
@@ -238,6 +242,58 @@ def test_an_edit_hint_lets_a_device_copy_its_version_before_the_commit(
         wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30, "B's staging folder to be empty")
     finally:
         proxy.stop()
+
+
+def test_an_edit_that_changed_nothing_takes_its_hint_back(lan_server, live, tmp_path: Path) -> None:
+    """A touched big file: once A has read it and found the version it hinted
+    at, A sends that version's block list after the hint, and a device copying
+    that version drops its copy at once rather than after five minutes. A
+    third device of the user, a raw session here, hears both and then plays
+    the editor to B."""
+    a, b = user(lan_server, tmp_path, "alice", "a", "b")
+    fa, fb = tmp_path / "A", tmp_path / "B"
+    write_random(fa / "big.bin", 24 * MiB)
+    a.run("sync", str(fa), "--once", "--lan", "off", check=True)
+    live(b, str(fb), "--lan", "off")
+    want = digest(fa / "big.bin")
+    wait_for(lambda: synced(b, fb, "big.bin", want), 90, "B to hold big.bin")
+    blocks = [m.BlockRef(c.hash, len(c.data)) for c in chunk_bytes((fa / "big.bin").read_bytes())]
+    base = content_hash(r.hash for r in blocks)
+    staging = fb / ".ferry-staging"
+
+    def copying() -> bool:
+        return any(f.stat().st_size == 24 * MiB and digest(f) == want for f in staging.glob(".ferry-tmp-*"))
+
+    async def run() -> None:
+        token = str((await login(lan_server, "alice", "alice-pw", device=f"listener-{nid()}"))["token"])
+        ws = await open_ws(lan_server, token)
+        await ws.send(framing.encode(m.Hello(versions=[1], client="test", features=["incoming"])))
+        welcome = await recv(ws)
+        assert isinstance(welcome, m.Welcome)
+        ns = next(n.ns for n in welcome.namespaces if n.path == "/")
+        stat = (fa / "big.bin").stat()
+        os.utime(fa / "big.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))  # a touch
+        synced_a = asyncio.create_task(asyncio.to_thread(a.run, "sync", str(fa), "--once", "--lan", "off"))
+        heard: list[m.Incoming] = []
+        while len(heard) < 2:
+            msg = await recv(ws, 60)
+            if isinstance(msg, m.Incoming):
+                heard.append(msg)
+        assert heard == [m.Incoming(ns, [], base), m.Incoming(ns, blocks, base)], heard
+        assert (await synced_a).returncode == 0
+        # B's side: a hint starts a copy of its version; the block list of that same version ends it
+        wait_for(lambda: not list(staging.glob(".ferry-tmp-*")), 30, "B's staging folder to be empty")
+        for msg in (m.Upcoming(nid(), ns, [], base), m.Upcoming(nid(), ns, blocks, base)):
+            await ws.send(framing.encode(msg))
+            assert await recv(ws) == m.Ok(msg.id)
+            if not msg.blocks:
+                await asyncio.to_thread(wait_for, copying, 60, "B to copy its version of big.bin")
+        await asyncio.to_thread(wait_for, lambda: not list(staging.glob(".ferry-tmp-*")), 30,
+                                "B to drop the copy")  # fmt: skip
+        await ws.close()
+
+    asyncio.run(run())
+    assert digest(fb / "big.bin") == want
 
 
 # --- refusals ------------------------------------------------------------------------------

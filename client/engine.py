@@ -980,14 +980,21 @@ class Engine:
         if key not in self._precopies or self._precopies[key][1] is not task:
             return
         del self._precopies[key]
-        self._discard_precopy(task)
+        self._discard_staged(task)
 
-    def _discard_precopy(self, task: asyncio.Task[Precopied]) -> None:
+    def _discard_staged(
+        self, task: asyncio.Task[Prefetched] | asyncio.Task[Precopied], scope: Scope | None = None
+    ) -> None:
+        """Stop a prefetch or a copy made for an edit hint and delete its temp file
+        (a task still running deletes its own when cancelled)."""
         if not task.done():
-            task.cancel()  # precopy() deletes its temp file
+            task.cancel()
         elif not task.cancelled() and task.exception() is None:
+            tmp = task.result().tmp
+            if scope is not None:
+                scope.released(tmp)
             with contextlib.suppress(OSError):
-                self.fs.unlink(task.result().tmp)
+                self.fs.unlink(tmp)
 
     def _drop_prefetches(self) -> None:
         for key, (_, task, _) in list(self._prefetches.items()):
@@ -1031,15 +1038,7 @@ class Engine:
         if key not in self._prefetches or self._prefetches[key][1] is not task:
             return
         scope, _, _ = self._prefetches.pop(key)
-        if not task.done():
-            task.cancel()  # prefetch() deletes its temp file
-            return
-        if task.cancelled() or task.exception() is not None:
-            return
-        pre = task.result()
-        scope.released(pre.tmp)
-        with contextlib.suppress(OSError):
-            self.fs.unlink(pre.tmp)
+        self._discard_staged(task, scope)
 
     async def _send_and_commit(
         self, path: str, src: Path, known: KnownBlocks | None, parent: int | None
@@ -1067,19 +1066,21 @@ class Engine:
         if seen and seen.content_hash == entry.content_hash and seen.executable == entry.executable:
             self.state.record(path, entry, seen)  # same bytes already here (e.g. after a move): no transfer
             if (copying := self._take_precopy(path)) is not None:
-                self._discard_precopy(copying)  # (a copy made for an edit that changed no byte)
+                self._discard_staged(copying)  # (a copy made for an edit that changed no byte)
             return
         dest = self.disk(path)
         self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
-        local = await self._local_copy(path) if len(entry.blocks or []) > 1 else None
-        resume = also = None
+        local = resume = also = None
         copying = self._take_precopy(path)
         if copying is not None:  # another device's edit hint: our version is (being) copied already
             try:
-                resume = (await copying).resume(entry.blocks or [])
+                copied = await copying
+                resume, local = copied.resume(entry.blocks or []), copied.local
             except Exception as e:  # copy what is left as usual
                 log.info("%s: copy before the commit failed (%s)", path, e)
-                self._discard_precopy(copying)
+                self._discard_staged(copying)
+        if local is None and len(entry.blocks or []) > 1:
+            local = await self._local_copy(path)
         if entry.content_hash in self._prefetches:  # streaming sync: its blocks came (are coming) early
             _, task, stop = self._prefetches.pop(entry.content_hash)
             stop.set()  # the blocks being fetched arrive; the rest come as any fetch's do

@@ -521,6 +521,7 @@ class Precopied:
 
     tmp: Path
     held: dict[int, bytes]  # offset -> hash of the block copied there
+    local: LocalCopy  # what it was copied from (the fetch copies from it what moved)
 
     def resume(self, blocks: list[m.BlockRef]) -> Prefetched:
         """As a :class:`Prefetched` of ``blocks``: those already in place."""
@@ -543,7 +544,7 @@ async def precopy(local: LocalCopy, folder: Path) -> Precopied:
         offsets = list(itertools_accumulate([b.size for b in local.blocks]))
         done: set[int] = set()
         await _copy_local(local, local.blocks, offsets, fd, done, lambda n: None, True)
-        return Precopied(tmp, {offsets[i]: local.blocks[i].hash for i in done})
+        return Precopied(tmp, {offsets[i]: local.blocks[i].hash for i in done}, local)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             disk.unlink(tmp)
@@ -654,9 +655,7 @@ def _move_blocks(src: Path, dst: int, blocks: list[tuple[int, int, int]], big: b
             data = disk.pread(fd, size, at)
             if len(data) != size:
                 break
-            disk.pwrite(dst, data, at)
-            if big:
-                disk.start_writeback(dst, at, size)
+            _write_blocks(dst, [(moved, at, data)], big)
             moved += 1
     except OSError:
         pass

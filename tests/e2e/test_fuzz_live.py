@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from protocol import framing
 from protocol import messages as m
 from tests.e2e.test_wire import TIMEOUT, add_user, login, nid, recv, session, stat, upload_and_commit
-from tests.support.servers import Device, FerryServer
+from tests.support.servers import Device, FerryServer, drop
 from tests.support.wirefuzz import FrameFuzzer
 
 SECONDS = float(os.environ.get("FERRY_FUZZ_SECONDS", "15"))
@@ -101,7 +101,7 @@ async def fuzz_connection(srv: FerryServer, token: str, seed: int, until: float,
         except ConnectionClosed as e:
             stats.closes[e.rcvd.code if e.rcvd else 1006] += 1
         finally:
-            ws.transport.abort()
+            drop(ws.transport)
 
 
 async def keep_syncing(srv: FerryServer, folder: Path, token: str, until: float) -> int:

@@ -36,7 +36,7 @@ from tests.e2e.test_wire import (
     session,
     upload_and_commit,
 )
-from tests.support.servers import FerryServer
+from tests.support.servers import FerryServer, drop
 
 OTHER_IP = "127.0.0.2"  # a second client address on the loopback interface
 
@@ -212,7 +212,7 @@ class TestNeverReadingClient:
         print(f"server RSS grew {grown:.1f} MiB")
         # a thousand unsent 100 KB replies would be 100 MB; the queue bound keeps it far below
         assert grown < 48, f"server memory grew {grown:.0f} MiB for one client that never reads"
-        hog.transport.abort()
+        drop(hog.transport)
         await still_syncs(srv, laptop, phone, "/after.txt")
 
 

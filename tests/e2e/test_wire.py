@@ -25,7 +25,7 @@ from websockets.frames import Frame, Opcode
 from protocol import framing
 from protocol import messages as m
 from protocol.errors import ErrorCode
-from tests.support.servers import FerryServer
+from tests.support.servers import FerryServer, drop
 
 TIMEOUT = 10.0
 _ids = itertools.count(1)
@@ -300,7 +300,7 @@ class TestBadFrames:
         await asyncio.wait_for(ws.close_frame.wait(), TIMEOUT)  # type: ignore[attr-defined]
         # The server stopped reading mid-frame, so the rest of ours can never drain:
         # drop the TCP connection rather than wait for the server's close timeout.
-        ws.transport.abort()
+        drop(ws.transport)
         await asyncio.gather(sending, return_exceptions=True)
         closed = await expect_closed(ws)
         assert closed.rcvd is not None and closed.rcvd.code == 1009

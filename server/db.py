@@ -14,6 +14,17 @@ log = logging.getLogger("ferry.db")
 _MIGRATION = re.compile(r"^(\d+)_.*\.sql$")
 
 
+# Every statement is planned for its own parameters and the tables' present
+# size. asyncpg keeps statements prepared, and PostgreSQL would otherwise switch
+# a prepared statement to one cached generic plan after five runs, which on a
+# fresh server was made while the tables were nearly empty and is kept as they
+# grow to thousands of rows in its first sync (in sync.py's b, the journal query
+# as first written then compared every journal row after the cursor with every
+# version: bench/README.md, session 12). Planning these short statements costs
+# tens of microseconds.
+_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached; the message says where and why."""
 
@@ -40,7 +51,12 @@ def stop_embedded(data_dir: Path) -> None:
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, command_timeout=60, reset=_keep_session
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=60,
+            reset=_keep_session,
+            server_settings=_SETTINGS,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as e:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_redact(url)}: {e}") from None

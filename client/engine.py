@@ -735,6 +735,7 @@ class Engine:
         placed file now is on disk; staged files not placed are deleted."""
         placed: list[tuple[str, m.Entry, Path]] = []
         moved: set[Path] = set()
+        folders: set[Path] = set()  # made (or found) for an earlier file of the batch
         try:
             for (path, entry), tmp in zip(todo, staged, strict=True):
                 if not self._unchanged(path):
@@ -742,7 +743,9 @@ class Engine:
                     log.info("%s changed locally during download; re-planning", path)
                     continue
                 dest = self.disk(path)
-                self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
+                if dest.parent not in folders:
+                    self.fs.mkdir(dest.parent, parents=True, exist_ok=True)
+                    folders.add(dest.parent)
                 self.fs.replace(tmp, dest)
                 moved.add(tmp)
                 placed.append((path, entry, dest))
@@ -1466,13 +1469,15 @@ def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path
     try:
         for entry, data in files:
             tmp = staging / f"{STAGING_PREFIX}{uuid.uuid4().hex[:16]}"
-            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # created with its final mode (the umask applied, as the kernel also does): a
+            # small file is written at once, so there is no window worth a chmod per file
+            mode = (0o755 if entry.executable else 0o644) & ~UMASK
+            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             out.append(tmp)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[disk.write(fd, view) :]
-                disk.fchmod(fd, (0o755 if entry.executable else 0o644) & ~UMASK)
                 if not durable.GROUPED:
                     disk.fsync(fd)
             finally:

@@ -163,9 +163,8 @@ class Engine:
         # path here, the copy of it being made into the staging folder for the new version)
         self._precopies: dict[tuple[int, bytes], tuple[str, asyncio.Task[Precopied]]] = {}
         self._hints: set[asyncio.Task[None]] = set()  # edit hints being sent
-        self._hinted: dict[
-            str, bytes
-        ] = {}  # path -> the version an edit hint named, until a scan has read it
+        # path -> the version an edit hint named, until a scan has read it
+        self._hinted: dict[str, bytes] = {}
 
     # --- set-up ----------------------------------------------------------------------
 
@@ -438,12 +437,9 @@ class Engine:
                     slots: asyncio.Semaphore = slots,
                     commits: asyncio.Semaphore = commits,
                 ) -> None:
-                    async with slots:
-                        if isinstance(batch[0], p.Upload):
-                            async with commits:
-                                await self._attempt_batch(batch)
-                        else:
-                            await self._attempt_batch(batch)
+                    gate = commits if isinstance(batch[0], p.Upload) else contextlib.nullcontext()
+                    async with slots, gate:
+                        await self._attempt_batch(batch)
 
                 try:
                     async with asyncio.TaskGroup() as group:

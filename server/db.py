@@ -18,10 +18,12 @@ _MIGRATION = re.compile(r"^(\d+)_.*\.sql$")
 # size. asyncpg keeps statements prepared, and PostgreSQL would otherwise switch
 # a prepared statement to one cached generic plan after five runs, which on a
 # fresh server was made while the tables were nearly empty and is kept as they
-# grow to thousands of rows in its first sync (in sync.py's b, the journal query
-# as first written then compared every journal row after the cursor with every
-# version: bench/README.md, session 12). Planning these short statements costs
-# tens of microseconds.
+# grow to thousands of rows in its first sync. That is how the journal query as
+# first written compared every journal row after the cursor with every version
+# (bench/README.md, session 12); that query is now written to keep its plan in
+# either mode (tests/server/test_plans.py), and this setting is the net for the
+# other statements, not measured on its own. Planning these short statements
+# costs tens of microseconds.
 _SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 

@@ -37,7 +37,8 @@ _VERSION_COLS = (
     "v.version_id, v.file_id, v.path, v.kind, v.deleted, v.size, v.mtime_ns, v.executable,"
     " v.content_hash, v.block_hashes, v.block_sizes, v.created_at, d.name AS device_name"
 )
-_VERSION_FROM = "versions v LEFT JOIN devices d ON d.device_id = v.device_id"
+_DEVICE_JOIN = "LEFT JOIN devices d ON d.device_id = v.device_id"  # the device_name of _VERSION_COLS
+_VERSION_FROM = f"versions v {_DEVICE_JOIN}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,7 @@ class MetaStore:
         " (SELECT seq, version_id FROM journal WHERE namespace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) j"
         " CROSS JOIN LATERAL"
         " (SELECT * FROM versions WHERE namespace_id = $1 AND version_id = j.version_id OFFSET 0) v"
-        " LEFT JOIN devices d ON d.device_id = v.device_id ORDER BY j.seq"
+        f" {_DEVICE_JOIN} ORDER BY j.seq"
     )
 
     async def list_changes(

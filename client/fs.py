@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from client import durable
+from protocol import directio
 
 R = TypeVar("R")
 PathLike = str | os.PathLike[str]
@@ -61,6 +62,8 @@ class Disk(Protocol):
     def pread(self, fd: int, size: int, offset: int) -> bytes: ...
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int: ...
     def start_writeback(self, fd: int, offset: int, size: int) -> None: ...
+    def pwrite_big(self, fd: int, data: bytes | memoryview, offset: int) -> None: ...
+    def pread_big(self, fd: int, size: int, offset: int) -> bytes: ...
     def preallocate(self, fd: int, size: int) -> None: ...
     def write(self, fd: int, data: bytes | memoryview) -> int: ...
     def ftruncate(self, fd: int, size: int) -> None: ...
@@ -107,6 +110,19 @@ class OsDisk:
         return durable.flush(Path(path))
 
     start_writeback = staticmethod(durable.start_writeback)
+
+    @staticmethod
+    def pwrite_big(fd: int, data: bytes | memoryview, offset: int) -> None:
+        """Write a block of a big file: past the page cache where the system
+        allows (``protocol.directio``), else written and its write-back started."""
+        if not directio.pwrite(fd, data, offset):
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+            durable.start_writeback(fd, offset - len(data), len(data))
+
+    pread_big = staticmethod(directio.pread_once)  # a block of a big file, not kept in the page cache
     preallocate = staticmethod(durable.preallocate)
 
     @staticmethod

@@ -208,9 +208,11 @@ def _query(req_id: int, hashes: list[bytes]) -> m.QueryBlocks:
     return m.QueryBlocks(req_id, hashes)
 
 
-def _block_at(fd: int, offset: int, size: int, expected: bytes) -> bytes | None:
-    """The block at ``offset`` of an open file, or None if it is not (any more) ``expected``."""
-    data = fs.disk().pread(fd, size, offset)
+def _block_at(fd: int, offset: int, size: int, expected: bytes, big: bool = False) -> bytes | None:
+    """The block at ``offset`` of an open file, or None if it is not (any more)
+    ``expected``; ``big``: of a file Ferry wrote past the page cache."""
+    disk = fs.disk()
+    data = disk.pread_big(fd, size, offset) if big else disk.pread(fd, size, offset)
     return data if len(data) == size and block_hash(data) == expected else None
 
 
@@ -388,9 +390,10 @@ def _write_at(
     if not checked and block_hash(data) != expected:
         raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
     disk = fs.disk()
-    disk.pwrite(fd, data, offset)
-    if big:  # the disk starts on it now rather than all at once in the final fsync
-        disk.start_writeback(fd, offset, len(data))
+    if big:  # past the page cache (or the disk starts on it now rather than all at once in the final fsync)
+        disk.pwrite_big(fd, data, offset)
+    else:
+        disk.pwrite(fd, data, offset)
 
 
 @dataclass
@@ -411,13 +414,14 @@ class LocalCopy:
         return out
 
 
-def _read_checked(src: int, jobs: list[tuple[int, int, int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+def _read_checked(src: int, jobs: list[tuple[int, int, int, int, bytes]], big: bool
+                  ) -> list[tuple[int, int, bytes]]:  # fmt: skip
     """For each job ``(index, at, size, to, expected)`` read the block at ``at``
     of a local file: ``(index, to, bytes)`` of those that are (still) the block
     expected; the others are left for the network."""
     out: list[tuple[int, int, bytes]] = []
     for i, at, size, to, expected in jobs:
-        if (data := _block_at(src, at, size, expected)) is not None:
+        if (data := _block_at(src, at, size, expected, big)) is not None:
             out.append((i, to, data))
     return out
 
@@ -425,9 +429,10 @@ def _read_checked(src: int, jobs: list[tuple[int, int, int, int, bytes]]) -> lis
 def _write_blocks(dst: int, blocks: list[tuple[int, int, bytes]], big: bool) -> None:
     disk = fs.disk()
     for _, to, data in blocks:
-        disk.pwrite(dst, data, to)
         if big:
-            disk.start_writeback(dst, to, len(data))
+            disk.pwrite_big(dst, data, to)
+        else:
+            disk.pwrite(dst, data, to)
 
 
 def _staging(folder: Path, size: int, big: bool) -> tuple[Path, int]:
@@ -652,7 +657,7 @@ def _move_blocks(src: Path, dst: int, blocks: list[tuple[int, int, int]], big: b
         return 0
     try:
         for _, at, size in blocks:
-            data = disk.pread(fd, size, at)
+            data = disk.pread_big(fd, size, at) if big else disk.pread(fd, size, at)
             if len(data) != size:
                 break
             _write_blocks(dst, [(moved, at, data)], big)
@@ -697,7 +702,7 @@ async def _copy_local(
     written: list[tuple[int, int, bytes]] = []  # what ``writing`` writes
     try:
         for group in [*groups, None]:  # None: a last turn to wait for the last write
-            checked = await disk.run(_read_checked, src, group) if group is not None else []
+            checked = await disk.run(_read_checked, src, group, big) if group is not None else []
             if writing is not None:
                 await asyncio.shield(writing)  # cancelled meanwhile: still awaited below
                 done.update(i for i, _, _ in written)

@@ -38,7 +38,7 @@ from typing import Any, overload
 from client.lan.discovery import Discovery
 from client.lan.identity import Identity, load_identity
 from client.lan.link import Framed, PeerGone, PeerLink, Serving, listen, open_link, serve_link
-from protocol import lan
+from protocol import directio, lan
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import block_hash
@@ -511,7 +511,7 @@ def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> by
     except OSError:
         return None
     try:
-        data = os.pread(fd, size, offset)
+        data = directio.pread(fd, size, offset)  # big files are written past the page cache
         st = os.fstat(fd)
     except OSError:
         return None

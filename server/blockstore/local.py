@@ -7,8 +7,9 @@ not at all, even across a crash, and a put returns only once both are on disk.
 Small blocks that arrive together are written as one group (``server.coalesce``):
 all temp files, one ``syncfs`` of the store's filesystem, all renames, one more
 ``syncfs`` — two flushes for a burst of a thousand small blocks instead of two
-per block. Big blocks are fsynced each on its own, several at once in worker
-threads, so the network and the disk keep overlapping. Where ``syncfs`` does not exist (not Linux), each file and folder is
+per block. Big blocks are written past the page cache (``protocol.directio``)
+and fsynced each on its own, several at once in worker threads, so the network
+and the disk keep overlapping. Where ``syncfs`` does not exist (not Linux), each file and folder is
 fsynced instead. Hashing and all file I/O run in worker threads; the event loop
 never waits on the disk.
 
@@ -28,7 +29,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from protocol import failpoints
+from protocol import directio, failpoints
 from server.blockstore import BadBlock, BlockNotFound, StoreUnavailable, check_hash
 from server.coalesce import Coalescer
 
@@ -142,7 +143,14 @@ class FileBlockStore:
     def _write_tmp(self, h: bytes, data: bytes | memoryview, fsync: bool) -> Path:
         self._counter += 1  # a race here only risks a duplicate name, and O_EXCL catches that
         tmp = self.tmp / f"{self._token}.{h.hex()[:16]}.{self._counter}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            if fsync and directio.write_new(tmp, data, flags, 0o600):  # a big block: past the page cache
+                return tmp
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        fd = os.open(tmp, flags, 0o600)
         try:
             try:
                 view = memoryview(data)
@@ -207,8 +215,14 @@ class FileBlockStore:
         return out
 
     def _get_sync(self, h: bytes) -> bytes:
-        with open(self._path(h), "rb") as f:
-            return f.read()
+        fd = os.open(self._path(h), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            size = os.fstat(fd).st_size
+            if size > _GROUP_MAX:  # written past the page cache: read the same way
+                return directio.pread(fd, size, 0)
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
 
     def _delete_sync(self, h: bytes) -> None:
         try:

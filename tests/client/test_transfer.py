@@ -20,7 +20,8 @@ def _fd(path: Path, flags: int = os.O_RDONLY) -> int:
     return os.open(path, flags | os.O_CREAT, 0o600)
 
 
-def test_kept_blocks_are_copied_only_if_they_still_hash_right(tmp_path: Path) -> None:
+@pytest.mark.parametrize("big", [False, True])  # True: read and written past the page cache
+def test_kept_blocks_are_copied_only_if_they_still_hash_right(tmp_path: Path, big: bool) -> None:
     old = tmp_path / "old"
     old.write_bytes(b"x" * 100 + b"the block" + b"y" * 100)
     src, dst = _fd(old), _fd(tmp_path / "new", os.O_RDWR)
@@ -32,9 +33,9 @@ def test_kept_blocks_are_copied_only_if_they_still_hash_right(tmp_path: Path) ->
             (2, 195, 9, 40, block_hash(b"yyyyy")),  # the old copy is shorter than it was
             (3, 100, 9, 50, block_hash(b"the block")),
         ]
-        checked = transfer._read_checked(src, jobs)
+        checked = transfer._read_checked(src, jobs, big)
         assert [(i, to) for i, to, _ in checked] == [(0, 5), (3, 50)]
-        transfer._write_blocks(dst, checked, big=True)
+        transfer._write_blocks(dst, checked, big)
         assert os.pread(dst, 60, 0) == b"-" * 5 + b"the block" + b"-" * 36 + b"the block" + b"-"
     finally:
         os.close(src)

@@ -181,6 +181,21 @@ async def test_local_layout_and_no_leftover_temp_files(tmp_path: Path) -> None:
     await s.close()
 
 
+@pytest.mark.parametrize("size", [256 * 1024 + 1, MiB + 4095, 4 * MiB])
+async def test_local_big_block_written_past_the_page_cache_is_exact(tmp_path: Path, size: int) -> None:
+    """Big blocks go through protocol.directio (whole pages, padded): the file
+    holds exactly the block, not its padding, and reads back the same."""
+    s = FileBlockStore(tmp_path)
+    data = os.urandom(size)
+    x = h(data).hex()
+    await s.put(h(data), data)
+    assert (tmp_path / x[:2] / x).stat().st_size == size
+    assert (tmp_path / x[:2] / x).read_bytes() == data
+    assert await s.get(h(data)) == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+    await s.close()
+
+
 async def test_local_crash_leftover_temp_file_is_invisible_and_cleaned_on_reopen(tmp_path: Path) -> None:
     s = FileBlockStore(tmp_path)
     await s.check()

@@ -243,6 +243,12 @@ class MemDisk:
     def start_writeback(self, fd: int, offset: int, size: int) -> None:
         pass  # a hint only: durability still comes from fsync
 
+    def pwrite_big(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        self.pwrite(fd, data, offset)  # the real disk's direct I/O is a matter of speed only
+
+    def pread_big(self, fd: int, size: int, offset: int) -> bytes:
+        return self.pread(fd, size, offset)
+
     def write(self, fd: int, data: bytes | memoryview) -> int:
         f = self._fds[fd]
         n = self.pwrite(fd, data, f.pos)

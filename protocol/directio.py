@@ -1,0 +1,182 @@
+"""Big block writes and reads that bypass the page cache (Linux ``O_DIRECT``).
+
+Writing a GiB through the page cache costs the kernel a copy of every byte
+into pages it must first find, and on the virtual machines Ferry is measured on
+(where memory the guest freed goes back to the host) every fresh page is a
+fault on the host as well: 1.2-2.0 CPU s per GiB written and fsynced, against
+0.2 CPU s with ``O_DIRECT`` (``dd``-style loop of 1 MiB writes, same disk).
+Blocks the server stores and files a client fetches are written once and read
+back rarely soon after, so both write big blocks this way; the server's hot
+blocks live in its own memory tier, not the page cache.
+
+``O_DIRECT`` wants the file offset, the length and the memory address aligned
+to the device's block (:data:`ALIGN` covers every Linux device). Bytes go
+through one page-aligned buffer per thread (grown to the biggest block seen,
+so memory stays flat), and a block's partial pages at either end go through the
+ordinary descriptor: a block at an arbitrary offset of a file is written as
+its whole pages directly and its (at most two) partial pages through the page
+cache. Pages of one file are only ever written one way or the other by any
+block, so the two paths never overlap, and the caller's ``fsync`` makes both
+durable.
+
+Where there is no ``O_DIRECT`` (not Linux, or a filesystem such as tmpfs that
+refuses it) every function here falls back to ordinary I/O and returns the
+same result.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+
+__all__ = ["ALIGN", "pread", "pread_once", "pwrite", "write_new"]
+
+ALIGN = 4096
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+_FADVISE = hasattr(os, "posix_fadvise")
+_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+_local = threading.local()
+
+
+def _buffer(size: int) -> mmap.mmap:
+    """This thread's page-aligned buffer, at least ``size`` bytes."""
+    buf: mmap.mmap | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        if buf is not None:
+            buf.close()
+        buf = mmap.mmap(-1, max(_up(size), 1 << 20))
+        _local.buf = buf
+    return buf
+
+
+def _up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _down(n: int) -> int:
+    return n // ALIGN * ALIGN
+
+
+def _twin(fd: int, flags: int) -> int | None:
+    """A second descriptor of ``fd``'s file opened with ``O_DIRECT``, or None
+    where that cannot be had."""
+    if not O_DIRECT:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", flags | O_DIRECT | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in _REFUSED:
+            return None
+        raise
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def pwrite(fd: int, data: bytes | memoryview, offset: int) -> bool:
+    """Write ``data`` at ``offset`` of the file open (for writing) as ``fd``:
+    its whole pages directly, the rest through ``fd``. False when it could not
+    write directly (nothing is written then: the caller writes as usual)."""
+    end = offset + len(data)
+    lo, hi = _up(offset), _down(end)
+    if hi <= lo:
+        return False  # no whole page in it
+    twin = _twin(fd, os.O_WRONLY)
+    if twin is None:
+        return False
+    try:
+        buf = _buffer(hi - lo)
+        with memoryview(data) as view, memoryview(buf) as aligned:
+            aligned[: hi - lo] = view[lo - offset : hi - offset]
+            try:
+                _pwrite_all(twin, aligned[: hi - lo], lo)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                return False  # the device wants a stricter alignment
+            if lo > offset:
+                _pwrite_all(fd, view[: lo - offset], offset)
+            if end > hi:
+                _pwrite_all(fd, view[hi - offset :], hi)
+    finally:
+        os.close(twin)
+    return True
+
+
+def pread(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of the file open (for reading) as
+    ``fd``, read directly where it can be (else through ``fd``)."""
+    lo, hi = _down(offset), _up(offset + size)
+    twin = _twin(fd, os.O_RDONLY) if size >= ALIGN else None
+    if twin is None:
+        return os.pread(fd, size, offset)
+    try:
+        buf = _buffer(hi - lo)
+        with memoryview(buf) as aligned:
+            try:
+                got = os.preadv(twin, [aligned[: hi - lo]], lo)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                return os.pread(fd, size, offset)
+            start = offset - lo
+            return bytes(aligned[start : max(start, min(got, start + size))])
+    finally:
+        os.close(twin)
+
+
+def pread_once(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of ``fd``'s file, read through the
+    page cache (with the kernel's read-ahead, which direct reads lack) and then
+    dropped from it, so that a long sequential read keeps recycling the same
+    few pages instead of faulting in fresh ones: reading and hashing a cold
+    GiB this way took 0.7 s here, against 1.2-1.5 s read directly and
+    2.2-2.7 s through the page cache kept."""
+    data = os.pread(fd, size, offset)
+    if _FADVISE:
+        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    return data
+
+
+def write_new(path: str | os.PathLike[str], data: bytes | memoryview, flags: int, mode: int) -> bool:
+    """Create ``path`` (``os.open`` with ``flags`` and ``mode``, which must
+    create it) holding ``data``, written directly and fsynced. False when the
+    filesystem refuses ``O_DIRECT`` (nothing is created then)."""
+    if not O_DIRECT or len(data) < ALIGN:
+        return False
+    try:
+        fd = os.open(path, flags | O_DIRECT, mode)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return False
+        raise
+    try:
+        padded = _up(len(data))
+        buf = _buffer(padded)
+        with memoryview(buf) as aligned:
+            aligned[: len(data)] = data
+            aligned[len(data) : padded] = bytes(padded - len(data))
+            try:
+                _pwrite_all(fd, aligned[:padded], 0)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                refused = True  # the device wants a stricter alignment
+            else:
+                refused = False
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    if refused:
+        os.unlink(path)
+    return not refused

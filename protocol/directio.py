@@ -11,8 +11,8 @@ blocks live in its own memory tier, not the page cache.
 
 ``O_DIRECT`` wants the file offset, the length and the memory address aligned
 to the device's block (:data:`ALIGN` covers every Linux device). Bytes go
-through one page-aligned buffer per thread (grown to the biggest block seen,
-so memory stays flat), and a block's partial pages at either end go through the
+through page-aligned buffers, reused and a few kept (memory stays flat with
+file size), and a block's partial pages at either end go through the
 ordinary descriptor: a block at an arbitrary offset of a file is written as
 its whole pages directly and its (at most two) partial pages through the page
 cache. Pages of one file are only ever written one way or the other by any
@@ -26,10 +26,12 @@ same result.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 
 __all__ = ["ALIGN", "pread", "pread_once", "pwrite", "write_new"]
 
@@ -38,18 +40,33 @@ O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _FADVISE = hasattr(os, "posix_fadvise")
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
-_local = threading.local()
+_KEEP = 4  # spare buffers kept for reuse; more are unmapped
+_FLOOR = 4 * 1024 * 1024 + 2 * ALIGN  # a buffer holds any block (4 MiB at most) with its partial pages
+_spare: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
 
 
-def _buffer(size: int) -> mmap.mmap:
-    """This thread's page-aligned buffer, at least ``size`` bytes."""
-    buf: mmap.mmap | None = getattr(_local, "buf", None)
-    if buf is None or len(buf) < size:
+@contextlib.contextmanager
+def _buffer(size: int) -> Iterator[memoryview]:
+    """A page-aligned buffer of ``size`` bytes, for the length of a ``with``.
+    Buffers are reused (the pages are already faulted in); a few are kept
+    between uses, so memory is bounded by the blocks in flight, not by file size."""
+    with _spare_lock:
+        buf = next((b for b in _spare if len(b) >= size), None)
+        if buf is not None:
+            _spare.remove(buf)
+    if buf is None:
+        buf = mmap.mmap(-1, max(_up(size), _FLOOR))
+    try:
+        with memoryview(buf) as whole, whole[:size] as view:
+            yield view
+    finally:
+        with _spare_lock:
+            if len(_spare) < _KEEP:
+                _spare.append(buf)
+                buf = None
         if buf is not None:
             buf.close()
-        buf = mmap.mmap(-1, max(_up(size), 1 << 20))
-        _local.buf = buf
-    return buf
 
 
 def _up(n: int) -> int:
@@ -91,11 +108,10 @@ def pwrite(fd: int, data: bytes | memoryview, offset: int) -> bool:
     if twin is None:
         return False
     try:
-        buf = _buffer(hi - lo)
-        with memoryview(data) as view, memoryview(buf) as aligned:
-            aligned[: hi - lo] = view[lo - offset : hi - offset]
+        with memoryview(data) as view, _buffer(hi - lo) as aligned:
+            aligned[:] = view[lo - offset : hi - offset]
             try:
-                _pwrite_all(twin, aligned[: hi - lo], lo)
+                _pwrite_all(twin, aligned, lo)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
@@ -117,10 +133,9 @@ def pread(fd: int, size: int, offset: int) -> bytes:
     if twin is None:
         return os.pread(fd, size, offset)
     try:
-        buf = _buffer(hi - lo)
-        with memoryview(buf) as aligned:
+        with _buffer(hi - lo) as aligned:
             try:
-                got = os.preadv(twin, [aligned[: hi - lo]], lo)
+                got = os.preadv(twin, [aligned], lo)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
@@ -158,12 +173,11 @@ def write_new(path: str | os.PathLike[str], data: bytes | memoryview, flags: int
         raise
     try:
         padded = _up(len(data))
-        buf = _buffer(padded)
-        with memoryview(buf) as aligned:
+        with _buffer(padded) as aligned:
             aligned[: len(data)] = data
-            aligned[len(data) : padded] = bytes(padded - len(data))
+            aligned[len(data) :] = bytes(padded - len(data))
             try:
-                _pwrite_all(fd, aligned[:padded], 0)
+                _pwrite_all(fd, aligned, 0)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise

@@ -99,7 +99,7 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 def pwrite(fd: int, data: bytes | memoryview, offset: int) -> bool:
     """Write ``data`` at ``offset`` of the file open (for writing) as ``fd``:
     its whole pages directly, the rest through ``fd``. False when it could not
-    write directly (nothing is written then: the caller writes as usual)."""
+    write directly: the caller then writes all of ``data`` as usual."""
     end = offset + len(data)
     lo, hi = _up(offset), _down(end)
     if hi <= lo:
@@ -188,7 +188,8 @@ def write_new(path: str | os.PathLike[str], data: bytes | memoryview, flags: int
                 os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise
     os.close(fd)
     if refused:

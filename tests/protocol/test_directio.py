@@ -58,3 +58,26 @@ def test_write_new_creates_the_whole_file_and_no_more(tmp_path: Path, size: int)
         assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(FileExistsError):  # the caller's flags hold: never overwrites
         directio.write_new(path, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def test_without_o_direct_everything_falls_back_to_ordinary_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system has no O_DIRECT: nothing is written directly, nothing
+    created, reads still answer; the client's big-block write still writes."""
+    from client.fs import OsDisk
+
+    monkeypatch.setattr(directio, "O_DIRECT", 0)
+    data = random.Random(3).randbytes(3 * 4096 + 17)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert not directio.pwrite(fd, data, 5)
+        OsDisk.pwrite_big(fd, data, 5)
+        assert directio.pread(fd, len(data), 5) == data
+        assert directio.pread_once(fd, len(data), 5) == data
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(5) + data
+    assert not directio.write_new(tmp_path / "g", data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    assert not (tmp_path / "g").exists()

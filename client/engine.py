@@ -1360,7 +1360,8 @@ class Engine:
         from watchfiles import awatch
 
         def interesting(_change: object, path: str) -> bool:
-            return not Path(path).name.startswith(INTERNAL_PREFIX) and f"/{STAGING}/" not in path
+            # (called for every event: string operations, not a Path per event)
+            return not os.path.basename(path).startswith(INTERNAL_PREFIX) and f"/{STAGING}/" not in path
 
         self._watching = self._full_needed = True  # what changed before now is not in _dirty
         try:

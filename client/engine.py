@@ -617,8 +617,13 @@ class Engine:
             out = []
             for action in batch:
                 disk = self.disk(action.path)
+                kept = self._scan.data.pop(action.path, None)  # (read and cut by the scan)
                 try:
                     before = self.fs.stat(disk)
+                    if kept is not None and kept[0] == (before.st_size, before.st_mtime_ns, before.st_ino):
+                        if self._as_scanned(action.path, before):  # unchanged since the scan read it
+                            out.append((action, before, kept[1]))
+                        continue
                     data = self.fs.read_bytes(disk)
                     after = self.fs.stat(disk)
                 except OSError as e:

@@ -25,7 +25,7 @@ from client import fs
 from client.planner import Node, with_suffix
 from client.state import Observed
 from client.transfer import KnownBlocks
-from protocol.chunking import chunk_hashes
+from protocol.chunking import chunk_bytes, chunk_hashes
 from protocol.errors import ProtocolError
 from protocol.hashing import content_hash
 from protocol.paths import name_of, validate_path
@@ -34,6 +34,8 @@ SETTLE_S = (
     float(os.environ.get("FERRY_SETTLE_MS", "100")) / 1000
 )  # modified more recently: still being written
 KEEP_BLOCKS_OVER = 1024 * 1024  # bytes: a scan keeps the block list of bigger files it hashes
+KEEP_BYTES_UPTO = 64 * 1024  # bytes: a scan keeps the blocks, bytes and all, of smaller files it hashes
+KEEP_BYTES_BUDGET = 64 * 1024 * 1024  # bytes of such files one scan keeps at most (memory stays bounded)
 # bytes: a changed file this big is told to ``Scan.changing`` before it is hashed
 HINT_OVER = 16 * 1024 * 1024
 INTERNAL_PREFIX = ".ferry-"  # .ferry-root marker, .ferry-staging/
@@ -50,6 +52,10 @@ class Scan:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # name collisions resolved on disk
     # big files hashed by this scan: their blocks, so an upload need not chunk them again
     blocks: dict[str, KnownBlocks] = field(default_factory=dict)
+    # small files hashed by this scan: (size, mtime_ns, inode) and their blocks as (hash, bytes),
+    # so an upload need not read them again (at most KEEP_BYTES_BUDGET bytes in all)
+    data: dict[str, tuple[tuple[int, int, int], list[tuple[bytes, bytes]]]] = field(default_factory=dict)
+    data_bytes: int = 0
     # folder -> the paths directly in it (rescan keeps it from one scan to the next,
     # rather than building it again over the whole tree for every change)
     children: dict[str, set[str]] | None = None
@@ -213,16 +219,29 @@ def _file(disk: Path, path: str, info: os.stat_result, known: Observed | None, n
         found: list[tuple[int, int, bytes]] | None = [] if info.st_size > KEEP_BLOCKS_OVER else None
         if known is not None and out.changing is not None and max(known.size, info.st_size) >= HINT_OVER:
             out.changing(path, known)
+        keep = info.st_size <= KEEP_BYTES_UPTO and out.data_bytes + info.st_size <= KEEP_BYTES_BUDGET
         try:
-            digest = hash_file(disk, found)
+            if keep:
+                data = fs.disk().read_bytes(disk)
+                kept = [(b.hash, bytes(b.data)) for b in chunk_bytes(data)]
+                digest = content_hash(h for h, _ in kept)
+            else:
+                digest = hash_file(disk, found)
             after = fs.disk().stat(disk)
         except OSError as e:
             out.skipped[path] = f"vanished or unreadable: {e.strerror}"
             return
-        if (after.st_size, after.st_mtime_ns, after.st_ino) != (info.st_size, info.st_mtime_ns, info.st_ino):
+        if (after.st_size, after.st_mtime_ns, after.st_ino) != (
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ino,
+        ) or (keep and len(data) != after.st_size):
             out.unstable.add(path)
             out.skipped[path] = "changed while it was read"
             return
+        if keep:
+            out.data[path] = ((info.st_size, info.st_mtime_ns, info.st_ino), kept)
+            out.data_bytes += info.st_size
         if found is not None:
             out.blocks[path] = KnownBlocks(
                 (info.st_size, info.st_mtime_ns, info.st_ino),
@@ -361,6 +380,10 @@ def _relist(
     out.tree.update(part.tree)
     out.observed.update(part.observed)
     out.blocks.update(part.blocks)  # so the upload need not cut the file a second time
+    for path, (stat, blocks) in part.data.items():  # nor read a small one again, within the budget
+        if out.data_bytes + stat[0] <= KEEP_BYTES_BUDGET:
+            out.data[path] = (stat, blocks)
+            out.data_bytes += stat[0]
     out.skipped.update(part.skipped)
     out.unstable |= part.unstable
     for parent, paths in _children_index(part).items():

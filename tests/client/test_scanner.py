@@ -74,6 +74,45 @@ def test_a_rescan_keeps_the_block_list_of_a_big_file_it_read(tmp_path: Path) -> 
         assert sum(known.sizes) == info.st_size and len(known.hashes) == len(known.offsets) > 1
 
 
+def test_a_scan_keeps_small_files_bytes_for_the_upload_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files a scan (full or incremental) read are kept, bytes and block
+    hashes, with the stat they were read at, so the upload need not read them
+    again; bigger files are not, and a scan keeps no more than its budget."""
+    from protocol.chunking import chunk_bytes
+    from protocol.hashing import content_hash
+
+    old = time.time() - 60
+    (tmp_path / "d").mkdir()
+    small = {f"/d/f{i}.txt": os.urandom(4096 + i) for i in range(5)}
+    for path, data in small.items():
+        (tmp_path / path.lstrip("/")).write_bytes(data)
+    (tmp_path / "big.bin").write_bytes(os.urandom(scanner.KEEP_BYTES_UPTO + 1))
+    for f in [*tmp_path.rglob("*.txt"), tmp_path / "big.bin"]:
+        os.utime(f, (old, old))
+    first = scan(tmp_path, {}, _name)
+    assert set(first.data) == set(small) and first.data_bytes == sum(map(len, small.values()))
+    for path, data in small.items():
+        info = (tmp_path / path.lstrip("/")).stat()
+        stat, blocks = first.data[path]
+        assert stat == (info.st_size, info.st_mtime_ns, info.st_ino)
+        assert b"".join(b for _, b in blocks) == data
+        assert [h for h, _ in blocks] == [b.hash for b in chunk_bytes(data)]
+        assert first.tree[path].content_hash == content_hash(h for h, _ in blocks)
+
+    monkeypatch.setattr(scanner, "KEEP_BYTES_BUDGET", 8200)  # room for f0 (now 7 bytes) and f1 only
+    (tmp_path / "d" / "f0.txt").write_bytes(b"changed")
+    os.utime(tmp_path / "d" / "f0.txt", (old + 1, old + 1))
+    for found in (
+        scan(tmp_path, {}, _name),
+        rescan(tmp_path, first, [str(tmp_path / "d" / "f0.txt")], {}, _name),
+    ):
+        assert len(found.data) == 2 and found.data_bytes <= 8200
+        for path, (_stat, blocks) in found.data.items():
+            assert b"".join(b for _, b in blocks) == (tmp_path / path.lstrip("/")).read_bytes()
+
+
 def test_a_fresh_file_is_complete_once_no_one_has_it_open_for_writing(tmp_path: Path) -> None:
     f = tmp_path / "new.txt"
     before = signal.getsignal(signal.SIGIO)

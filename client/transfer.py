@@ -55,9 +55,7 @@ class BlockSource(Protocol):
         ...
 
     def first_block(self, content: bytes, count: int) -> int:
-        """Where to start fetching a file of ``count`` blocks: devices fetching the
-        same file start at different blocks, so each can take from the others
-        what they fetched first instead of all asking the server for block 0."""
+        """Where to start fetching a file of ``count`` blocks (then round to it)."""
         ...
 
     def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:

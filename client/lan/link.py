@@ -299,7 +299,7 @@ class Serving:
     tags: Callable[[], frozenset[str]]  # this device's namespaces now
     server_key: Callable[[], str]
     # (block, namespaces both may read, the asker's fingerprint); bounds its own reads
-    read_block: Callable[[bytes, frozenset[str], bytes], Awaitable[bytes | None]]
+    read_block: Callable[[bytes, frozenset[str], bytes], Awaitable[bytes | memoryview | None]]
     on_served: Callable[[int], None]
 
 

@@ -11,9 +11,12 @@ later (it may be starting); one that makes us wait out the fallback is set
 aside for 10 s, twice as long each time in a row up to a minute; one that
 sends bytes not matching the hash, for ten minutes. A block
 being fetched from the server is served to a peer that asks for it meanwhile
-(once it arrives), and devices start a file at different blocks
+(once it arrives), and devices walk a file in the same order
 (:meth:`Scope.first_block`), so devices fetching the same new file at once
-split it between them rather than each fetching it all. It counts
+ask each other for each block at about the same moment; of two that do,
+the one :func:`_first` gives the block to fetches it and the other waits for
+it, so they split the file about evenly, the server sends it about once, and
+most blocks a peer takes from us are still in memory. It counts
 bytes from peers and from the server for ``ferry status``. Serving is
 bounded: at most ``max_links`` links, ``max_blocks`` blocks being read for
 peers at once, and optionally ``rate`` bytes per second, so a busy peer
@@ -397,7 +400,7 @@ class LanNode:
     def _count_served(self, n: int) -> None:
         self.served += n
 
-    async def _read_block(self, h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | None:
+    async def _read_block(self, h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | memoryview | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
         partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
         for path, offset, size, ns, seen in [*self.locate(h), *partial]:
@@ -413,15 +416,15 @@ class LanNode:
             if fetching.done.done() and fetching.done.exception() is None:  # fetched, being written
                 got = fetching.done.result()
                 await self._pace(len(got))
-                return bytes(got)
-            if not fetching.from_server and self.me is not None and asker < self.me.fingerprint:
+                return got  # (as it arrived: its own buffer, never reused)
+            if not fetching.from_server and self.me is not None and _first(asker, self.me.fingerprint, h):
                 # we are asking the peers for it too, the asker among them: of two devices that
-                # want a block at once, the smaller fingerprint fetches it, the other waits for it
+                # want a block at once, the one :func:`_first` picks fetches it, the other waits
                 return None
             with contextlib.suppress(Exception):  # fetched too slowly, or failed: "not found"
                 got = await asyncio.wait_for(asyncio.shield(fetching.done), IN_FLIGHT_WAIT)
                 await self._pace(len(got))
-                return bytes(got)  # hash-checked when it arrived
+                return got  # hash-checked when it arrived
         return None
 
     async def _pace(self, size: int) -> None:
@@ -474,8 +477,9 @@ class Scope:
         return await self.node.get_block(h, self.ns, from_server)
 
     def first_block(self, content: bytes, count: int) -> int:
-        me = self.node.me.fingerprint if self.node.me else b""
-        return int.from_bytes(hashlib.sha256(me + content).digest()[:8], "big") % count
+        """The same for every device: devices fetching a file together want
+        each block at about the same moment (see :func:`_first`)."""
+        return int.from_bytes(content[:8], "big") % count
 
     def holding(self, h: bytes, tmp: Path, offset: int, size: int) -> None:
         self.node.partial.setdefault(h, {})[tmp] = (offset, size, self.ns, None)
@@ -497,6 +501,14 @@ class Scope:
             del self.node.partial[h][tmp]
             if not self.node.partial[h]:
                 del self.node.partial[h]
+
+
+def _first(a: bytes, b: bytes, h: bytes) -> bool:
+    """Of devices ``a`` and ``b`` (fingerprints), both wanting block ``h`` at once,
+    is ``a`` the one to fetch it from the server? Each block is given to one of
+    them by rendezvous hashing, so two devices fetching a file together split
+    its blocks about evenly, and each knows which of them takes which."""
+    return hashlib.sha256(a + h).digest() < hashlib.sha256(b + h).digest()
 
 
 def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> bytes | None:

@@ -40,18 +40,30 @@ def test_serving_rate_spreads_sends_over_time(tmp_path: Path) -> None:
     assert asyncio.run(two_blocks()) == pytest.approx(0.2, abs=0.05)  # the budget, not a speed
 
 
-def test_devices_start_a_file_at_different_blocks(tmp_path: Path) -> None:
+def test_devices_walk_a_file_in_the_same_order(tmp_path: Path) -> None:
     from client.lan.identity import load_identity
 
     starts = set()
     for name in "abcd":
         lan = node(tmp_path / name)
         lan.me = load_identity(tmp_path / name)
-        # out of a billion blocks, four devices that ignored who they are would all
-        # start at the same one; four random identities collide once in ~10^8 runs
-        # (with 1,000 blocks, as before: once in ~170)
         starts.add(lan.scope(1).first_block(b"\x07" * 32, 10**9))
-    assert len(starts) == 4
+    assert len(starts) == 1  # whoever they are: they want each block at about the same moment
+    assert lan.scope(1).first_block(b"\x08" * 32, 10**9) not in starts  # (from the file's content)
+
+
+def test_two_devices_wanting_the_same_blocks_split_them_evenly_and_agree_who_takes_which() -> None:
+    import os
+
+    from client.lan.node import _first
+
+    a, b = os.urandom(32), os.urandom(32)
+    hashes = [os.urandom(32) for _ in range(2000)]
+    mine = [h for h in hashes if _first(a, b, h)]
+    assert all(not _first(b, a, h) for h in mine)  # never both
+    assert all(_first(b, a, h) for h in hashes if h not in mine)  # never neither
+    # about half each (binomial: outside 40-60 % once in ~10^19 runs)
+    assert 800 < len(mine) < 1200
 
 
 def test_blocks_of_a_half_fetched_file_are_forgotten_when_it_is_released(tmp_path: Path) -> None:
@@ -91,29 +103,35 @@ def test_a_served_block_is_hashed_only_when_its_file_changed_since_the_scan(tmp_
     assert _read_served(path, 100, 100, b"\0" * 32, None) == b"c" * 100
 
 
-def test_of_two_devices_wanting_a_block_at_once_the_smaller_fingerprint_fetches_it(tmp_path: Path) -> None:
-    """While this device is still asking its peers for a block, a peer with a
-    smaller fingerprint asking for it is told "not found" at once (it fetches
-    it from the server); one with a larger fingerprint waits for our copy."""
+def test_of_two_devices_wanting_a_block_at_once_the_one_it_is_given_to_fetches_it(tmp_path: Path) -> None:
+    """While this device is still asking its peers for a block, a peer the
+    block is given to (``_first``) asking for it is told "not found" at once
+    (it fetches it from the server); any other waits for our copy."""
+    import os
     from types import SimpleNamespace
 
-    from client.lan.node import _Fetch
+    from client.lan.node import _Fetch, _first
+
+    me = b"\x80" * 32
+    h = os.urandom(32)
+    theirs = next(fp for fp in (os.urandom(32) for _ in range(200)) if _first(fp, me, h))
+    ours = next(fp for fp in (os.urandom(32) for _ in range(200)) if _first(me, fp, h))
 
     async def go() -> None:
         lan = node(tmp_path)
-        lan.me = SimpleNamespace(fingerprint=b"\x80" * 32)  # type: ignore[assignment]
+        lan.me = SimpleNamespace(fingerprint=me)  # type: ignore[assignment]
         lan.reply = SimpleNamespace(spaces=[SimpleNamespace(ns=3, tag="t3")])  # type: ignore[assignment]
         fetch = _Fetch(3, asyncio.get_running_loop().create_future())
-        lan._fetching[b"h"] = fetch
-        assert await lan._read_block(b"h", frozenset({"t3"}), b"\x10" * 32) is None  # smaller: at once
-        larger = asyncio.create_task(lan._read_block(b"h", frozenset({"t3"}), b"\xf0" * 32))
+        lan._fetching[h] = fetch
+        assert await lan._read_block(h, frozenset({"t3"}), theirs) is None  # theirs to fetch: at once
+        waiting = asyncio.create_task(lan._read_block(h, frozenset({"t3"}), ours))
         await asyncio.sleep(0)
-        assert not larger.done()  # waits for ours
+        assert not waiting.done()  # ours to fetch: it waits for our copy
         fetch.done.set_result(b"data")
-        assert await larger == b"data"
+        assert await waiting == b"data"
         fetch.from_server = True  # once we fetch it from the server, everyone waits for it
-        assert await lan._read_block(b"h", frozenset({"t3"}), b"\x10" * 32) == b"data"
-        assert await lan._read_block(b"h", frozenset({"t9"}), b"\xf0" * 32) is None  # not theirs to read
+        assert await lan._read_block(h, frozenset({"t3"}), theirs) == b"data"
+        assert await lan._read_block(h, frozenset({"t9"}), ours) is None  # not theirs to read
 
     asyncio.run(go())
 

@@ -896,9 +896,17 @@ class Engine:
         offered = await self._announce(path, src, known)
         try:
             await self._send_and_commit(path, src, known, parent)
+            if offered is not None and known is not None:
+                # peers fetching it now, as soon as the commit reaches them, find it here
+                # still: served from the file as committed until the index is rebuilt
+                self._index_file(path, known)
         finally:
             if offered is not None:
                 offered.released(src)
+
+    def _index_file(self, path: str, known: KnownBlocks) -> None:
+        for h, offset, size in zip(known.hashes, known.offsets, known.sizes, strict=True):
+            self._index.setdefault(h, []).append((path, offset, size, known.stat))
 
     async def _announce(self, path: str, src: Path, known: KnownBlocks | None) -> Scope | None:
         """Streaming sync: offer a big file's blocks to LAN peers and tell the

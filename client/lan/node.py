@@ -26,6 +26,7 @@ keeps its own sync going.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import hashlib
@@ -56,6 +57,8 @@ SIGHT_S = 90.0  # a discovered peer not heard of for this long is out of sight
 DISCOVERY_GRACE = 0.2  # s to hear the peers in sight answer our first announcement
 IN_FLIGHT_WAIT = 1.0  # s a peer asked for a block it is fetching itself waits for it
 HELD_FOR = 2.0  # s a fetched block stays in memory at most, if its writer never says it is written
+RECENT_BYTES = 32 * 1024 * 1024  # blocks just read from disk for a peer, kept for the next asker
+RECENT_S = 2.0  # (for this long at most)
 
 # (size, mtime_ns, inode) of a file as the last scan saw it; None: our own staging file
 Seen = tuple[int, int, int] | None
@@ -129,6 +132,11 @@ class LanNode:
         self.partial: dict[bytes, dict[Path, tuple[int, int, int, Seen]]] = {}
         # blocks being fetched now (from peers, then the server), with the namespace of the file
         self._fetching: dict[bytes, _Fetch] = {}
+        # blocks read from disk for peers: being read now, and the last few read (with their
+        # namespace), so that devices asking for the same block at once cost one read
+        self._reading: dict[bytes, asyncio.Future[None]] = {}
+        self._recent: collections.OrderedDict[bytes, tuple[float, int, bytes]] = collections.OrderedDict()
+        self._recent_bytes = 0
 
     def scope(self, ns: int) -> Scope:
         """A block source for a file of namespace ``ns`` (``client.transfer.BlockSource``)."""
@@ -402,15 +410,22 @@ class LanNode:
 
     async def _read_block(self, h: bytes, allowed: frozenset[str], asker: bytes) -> bytes | memoryview | None:
         tag_of = {s.ns: s.tag for s in self.reply.spaces} if self.reply else {}
-        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
-        for path, offset, size, ns, seen in [*self.locate(h), *partial]:
-            if tag_of.get(ns) not in allowed:
-                continue
-            async with self._blocks:  # disk reads for peers, at most max_blocks at once
-                data = await asyncio.to_thread(_read_served, path, offset, size, h, seen)
-                if data is not None:
-                    await self._pace(size)
-                    return data
+        while (reading := self._reading.get(h)) is not None:  # another peer asked just now: share
+            await asyncio.shield(reading)  # that read (always resolved, to None)
+        if (recent := self._recent.get(h)) is not None and tag_of.get(recent[1]) in allowed:
+            await self._pace(len(recent[2]))
+            return recent[2]
+        read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reading[h] = read
+        try:
+            found = await self._read_disk(h, tag_of, allowed)
+        finally:
+            del self._reading[h]
+            read.set_result(None)
+        if found is not None:
+            self._keep(h, *found)
+            await self._pace(len(found[1]))
+            return found[1]
         fetching = self._fetching.get(h)
         if fetching is not None and tag_of.get(fetching.ns) in allowed:
             if fetching.done.done() and fetching.done.exception() is None:  # fetched, being written
@@ -426,6 +441,44 @@ class LanNode:
                 await self._pace(len(got))
                 return got  # hash-checked when it arrived
         return None
+
+    async def _read_disk(
+        self, h: bytes, tag_of: dict[int, str], allowed: frozenset[str]
+    ) -> tuple[int, bytes] | None:
+        partial = [(path, *where) for path, where in self.partial.get(h, {}).items()]
+        for path, offset, size, ns, seen in [*self.locate(h), *partial]:
+            if tag_of.get(ns) not in allowed:
+                continue
+            async with self._blocks:  # disk reads for peers, at most max_blocks at once
+                data = await asyncio.to_thread(_read_served, path, offset, size, h, seen)
+            if data is not None:
+                return ns, data
+        return None
+
+    def _keep(self, h: bytes, ns: int, data: bytes) -> None:
+        """Keep a block just read for a peer, for the next asker: at most
+        ``RECENT_BYTES`` and ``RECENT_S`` seconds."""
+        if h in self._recent:
+            return
+        if not self._recent:
+            asyncio.get_running_loop().call_later(RECENT_S, self._expire)
+        self._recent[h] = (time.monotonic(), ns, data)
+        self._recent_bytes += len(data)
+        self._expire(None)
+
+    def _expire(self, keep: float | None = RECENT_S) -> None:
+        """Forget blocks kept longer than ``keep`` seconds, and the oldest while over
+        ``RECENT_BYTES``; look again later while any are kept."""
+        now = time.monotonic()
+        while self._recent:
+            h, (at, _, data) = next(iter(self._recent.items()))
+            if self._recent_bytes <= RECENT_BYTES and (keep is None or now - at < keep):
+                break
+            del self._recent[h]
+            self._recent_bytes -= len(data)
+        if keep is not None and self._recent:
+            at = next(iter(self._recent.values()))[0]
+            asyncio.get_running_loop().call_later(max(0.05, at + RECENT_S - now), self._expire)
 
     async def _pace(self, size: int) -> None:
         """Hold sends to ``rate`` bytes per second (over every link)."""

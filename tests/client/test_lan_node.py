@@ -222,3 +222,40 @@ def test_a_prefetch_stops_asking_when_the_commit_comes_and_hands_over_what_it_ha
         assert len(content) == sum(r.size for r in refs)
 
     asyncio.run(go())
+
+
+def test_devices_asking_for_the_same_block_at_once_cost_one_disk_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two devices fetching a file together ask a third that holds it for each
+    block at about the same moment: one read serves both (and one asking just
+    after), within the namespace each may read, for a few seconds at most."""
+    from types import SimpleNamespace
+
+    import client.lan.node as node_module
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100 + b"y" * 100)
+    reads: list[int] = []
+    real = node_module._read_served
+
+    def counted(*args: object) -> bytes | None:
+        reads.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(node_module, "_read_served", counted)
+
+    async def go() -> None:
+        lan = LanNode(tmp_path, LanOptions(), "", None, lambda h: [(path, 100, 100, 3, None)])  # type: ignore[arg-type]
+        lan.reply = SimpleNamespace(spaces=[SimpleNamespace(ns=3, tag="t3")])  # type: ignore[assignment]
+        both = await asyncio.gather(*(lan._read_block(b"h", frozenset({"t3"}), b"p" * 32) for _ in range(2)))
+        assert both == [b"y" * 100] * 2 and len(reads) == 1
+        assert await lan._read_block(b"h", frozenset({"t3"}), b"q" * 32) == b"y" * 100
+        assert len(reads) == 1  # kept for the one asking just after
+        assert await lan._read_block(b"h", frozenset({"t9"}), b"q" * 32) is None  # not theirs to read
+        lan._expire(0)  # (as after RECENT_S)
+        assert not lan._recent and lan._recent_bytes == 0
+        assert await lan._read_block(b"h", frozenset({"t3"}), b"q" * 32) == b"y" * 100
+        assert len(reads) == 2
+
+    asyncio.run(go())

@@ -130,6 +130,28 @@ def test_three_devices_server_sends_the_file_at_most_once(lan_server, live, tmp_
     assert status(c, fc)["lan"]["from_peers"] == 100 * MiB
 
 
+def test_devices_take_a_new_file_from_its_author_and_nothing_from_the_server(
+    lan_server, live, tmp_path: Path
+) -> None:
+    """A, B and C are up; A saves a new big file. B and C take every block
+    from A (or from each other): while A uploads it and from the moment A's
+    commit reaches them, when they ask for what they still lack."""
+    devices = user(lan_server, tmp_path, "alice", "a", "b", "c")
+    folders = [tmp_path / n for n in "ABC"]
+    ports = [free_port() for _ in devices]
+    for i, (device, folder) in enumerate(zip(devices, folders, strict=True)):
+        others = [arg for j, port in enumerate(ports) if j != i for arg in peer(port)]
+        live(device, str(folder), "--lan-port", str(ports[i]), *others, *PATIENT)
+    for device, folder in zip(devices, folders, strict=True):
+        wait_for(lambda d=device, f=folder: status(d, f).get("state") == "up to date"
+                 and status(d, f).get("lan", {}).get("ticket"), 60, "every device to be up")  # fmt: skip
+    before = sent(lan_server)
+    want = write_random(folders[0] / "big.bin", 100 * MiB)
+    for device, folder in zip(devices[1:], folders[1:], strict=True):
+        wait_for(lambda d=device, f=folder: synced(d, f, "big.bin", want), 120, "B and C to have big.bin")
+    assert sent(lan_server) - before == 0
+
+
 def test_a_big_file_streams_to_a_peer_while_it_is_still_uploading(lan_server, live, tmp_path: Path) -> None:
     """Streaming sync: A announces a big file before uploading it and B fetches
     it from A meanwhile, so B holds every block before the commit exists, and

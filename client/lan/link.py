@@ -193,8 +193,11 @@ def _listening_socket(host: str | None, port: int) -> socket.socket:
 
 
 class PeerLink:
-    def __init__(self, framed: Framed, tags: frozenset[str], expires_s: int) -> None:
+    def __init__(
+        self, framed: Framed, tags: frozenset[str], expires_s: int, fingerprint: bytes = b""
+    ) -> None:
         self.framed = framed
+        self.fingerprint = fingerprint  # of the peer's certificate
         self.tags = tags  # namespaces (opaque tags) the peer's ticket names
         self.expires_s = expires_s
         self._ids = itertools.count(1)
@@ -283,7 +286,7 @@ async def open_link(host: str, port: int, me: Identity, ticket: str, server_key:
         if isinstance(e, PeerGone):
             raise
         raise PeerGone(f"peer {host}:{port}: {str(e) or 'timed out'}") from None
-    return PeerLink(framed, claims.tags, claims.expires_s)
+    return PeerLink(framed, claims.tags, claims.expires_s, peer_fp)
 
 
 # --- serving end -------------------------------------------------------------------------

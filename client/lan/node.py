@@ -312,7 +312,7 @@ class LanNode:
                 await asyncio.wait_for(self.ready.wait(), max(0.0, self._ready_by - time.monotonic()))
         if self.reply is None:
             return None
-        for peer in self._candidates():
+        for peer in _asking_order(self._candidates(), h):
             data = await self._from_peer(peer, h)
             if data is not None:
                 self.from_peers += len(data)
@@ -554,6 +554,17 @@ class Scope:
             del self.node.partial[h][tmp]
             if not self.node.partial[h]:
                 del self.node.partial[h]
+
+
+def _asking_order(peers: list[Peer], h: bytes) -> list[Peer]:
+    """The peers to ask for block ``h``, in the order every device uses for it
+    (by the same rendezvous hash as :func:`_first`; peers not linked yet first,
+    to learn who they are):
+    of two devices that want a block a third holds, at least one then usually
+    asks the other first and takes the block from it as it arrives, so the
+    holder is asked for it once rather than by both."""
+    return sorted(peers, key=lambda p: hashlib.sha256(p.link.fingerprint + h).digest()
+                  if p.link is not None and p.link.fingerprint else b"")  # fmt: skip
 
 
 def _first(a: bytes, b: bytes, h: bytes) -> bool:

@@ -259,3 +259,27 @@ def test_devices_asking_for_the_same_block_at_once_cost_one_disk_read(
         assert len(reads) == 2
 
     asyncio.run(go())
+
+
+def test_every_device_asks_its_peers_for_a_block_in_the_same_order() -> None:
+    """By the block's rendezvous hash with each peer's fingerprint, so two
+    devices wanting a block a third holds do not both go to the third
+    first; a peer not linked yet (fingerprint unknown) is asked first."""
+    import hashlib
+    import os
+    from types import SimpleNamespace
+
+    from client.lan.node import Peer, _asking_order
+
+    fps = [os.urandom(32) for _ in range(3)]
+    peers = [Peer("10.0.0.1", 17500 + i, static=True) for i in range(3)]
+    for peer, fp in zip(peers, fps, strict=True):
+        peer.link = SimpleNamespace(fingerprint=fp)  # type: ignore[assignment]
+    h = os.urandom(32)
+    order = _asking_order(peers, h)
+    assert [p.link.fingerprint for p in order] == sorted(fps, key=lambda fp: hashlib.sha256(fp + h).digest())  # type: ignore[union-attr]
+    assert _asking_order(list(reversed(peers)), h) == order  # whatever order they were found in
+    orders = {tuple(id(p) for p in _asking_order(peers, os.urandom(32))) for _ in range(200)}
+    assert len(orders) > 1  # depends on the block
+    unlinked = Peer("10.0.0.9", 17500, static=True)
+    assert _asking_order([*peers, unlinked], h)[0] is unlinked

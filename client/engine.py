@@ -250,10 +250,7 @@ class Engine:
             return
         index: dict[bytes, list[tuple[str, int, int, Seen]]] = {}
         for path, blocks, seen in self.state.held_files():
-            offset = 0
-            for b in blocks:
-                index.setdefault(b.hash, []).append((path, offset, b.size, seen))
-                offset += b.size
+            _add_to_index(index, path, [(b.hash, b.size) for b in blocks], seen)
         self._index, self._index_stale, self._index_at = index, False, self.clock.monotonic()
 
     # --- one cycle ----------------------------------------------------------------
@@ -899,14 +896,12 @@ class Engine:
             if offered is not None and known is not None:
                 # peers fetching it now, as soon as the commit reaches them, find it here
                 # still: served from the file as committed until the index is rebuilt
-                self._index_file(path, known)
+                _add_to_index(
+                    self._index, path, list(zip(known.hashes, known.sizes, strict=True)), known.stat
+                )
         finally:
             if offered is not None:
                 offered.released(src)
-
-    def _index_file(self, path: str, known: KnownBlocks) -> None:
-        for h, offset, size in zip(known.hashes, known.offsets, known.sizes, strict=True):
-            self._index.setdefault(h, []).append((path, offset, size, known.stat))
 
     async def _announce(self, path: str, src: Path, known: KnownBlocks | None) -> Scope | None:
         """Streaming sync: offer a big file's blocks to LAN peers and tell the
@@ -1468,6 +1463,19 @@ async def sync_forever(
             await engine.run_forever()
         finally:
             engine.state.close()
+
+
+def _add_to_index(
+    index: dict[bytes, list[tuple[str, int, int, Seen]]],
+    path: str,
+    blocks: list[tuple[bytes, int]],
+    seen: Seen,
+) -> None:
+    """Name in ``index`` where each block (hash, size) of the file at ``path`` is."""
+    offset = 0
+    for h, size in blocks:
+        index.setdefault(h, []).append((path, offset, size, seen))
+        offset += size
 
 
 def _stage_files(staging: Path, files: list[tuple[m.Entry, bytes]]) -> list[Path]:

@@ -464,21 +464,21 @@ class LanNode:
             asyncio.get_running_loop().call_later(RECENT_S, self._expire)
         self._recent[h] = (time.monotonic(), ns, data)
         self._recent_bytes += len(data)
-        self._expire(None)
+        while self._recent_bytes > RECENT_BYTES:
+            self._forget_oldest()
 
-    def _expire(self, keep: float | None = RECENT_S) -> None:
-        """Forget blocks kept longer than ``keep`` seconds, and the oldest while over
-        ``RECENT_BYTES``; look again later while any are kept."""
+    def _expire(self, keep: float = RECENT_S) -> None:
+        """Forget blocks kept longer than ``keep`` seconds; look again later while any are kept."""
         now = time.monotonic()
-        while self._recent:
-            h, (at, _, data) = next(iter(self._recent.items()))
-            if self._recent_bytes <= RECENT_BYTES and (keep is None or now - at < keep):
-                break
-            del self._recent[h]
-            self._recent_bytes -= len(data)
-        if keep is not None and self._recent:
+        while self._recent and now - next(iter(self._recent.values()))[0] >= keep:
+            self._forget_oldest()
+        if self._recent:
             at = next(iter(self._recent.values()))[0]
             asyncio.get_running_loop().call_later(max(0.05, at + RECENT_S - now), self._expire)
+
+    def _forget_oldest(self) -> None:
+        _, (_, _, data) = self._recent.popitem(last=False)
+        self._recent_bytes -= len(data)
 
     async def _pace(self, size: int) -> None:
         """Hold sends to ``rate`` bytes per second (over every link)."""
@@ -563,7 +563,7 @@ def _asking_order(peers: list[Peer], h: bytes) -> list[Peer]:
     of two devices that want a block a third holds, at least one then usually
     asks the other first and takes the block from it as it arrives, so the
     holder is asked for it once rather than by both."""
-    return sorted(peers, key=lambda p: hashlib.sha256(p.link.fingerprint + h).digest()
+    return sorted(peers, key=lambda p: _weight(p.link.fingerprint, h)
                   if p.link is not None and p.link.fingerprint else b"")  # fmt: skip
 
 
@@ -572,7 +572,12 @@ def _first(a: bytes, b: bytes, h: bytes) -> bool:
     is ``a`` the one to fetch it from the server? Each block is given to one of
     them by rendezvous hashing, so two devices fetching a file together split
     its blocks about evenly, and each knows which of them takes which."""
-    return hashlib.sha256(a + h).digest() < hashlib.sha256(b + h).digest()
+    return _weight(a, h) < _weight(b, h)
+
+
+def _weight(fingerprint: bytes, h: bytes) -> bytes:
+    """Device ``fingerprint``'s rendezvous weight for block ``h`` (lower goes first)."""
+    return hashlib.sha256(fingerprint + h).digest()
 
 
 def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> bytes | None:

@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
 
+from server.wsreader import ChunkedStreamReader
+
 CLOSE_TIMEOUT = 2.0  # seconds a peer gets to answer our close frame before its socket is dropped
 
 
@@ -117,8 +119,11 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
 
 class ShortCloseProtocol(WebSocketProtocol):
-    """uvicorn's ``websockets`` protocol with a short closing handshake."""
+    """uvicorn's ``websockets`` protocol with a short closing handshake, reading
+    frames through a :class:`~server.wsreader.ChunkedStreamReader`."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.close_timeout = CLOSE_TIMEOUT
+        # (websockets reads through exactly the StreamReader methods it has)
+        self.reader = ChunkedStreamReader(limit=self.read_limit // 2, loop=self.loop)  # type: ignore[assignment]

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from client.wsreader import FrameConnection
 from protocol import PROTOCOL_VERSIONS, failpoints, framing
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -160,6 +161,7 @@ async def open_connection(server: str, token: str) -> Connection:
             ping_interval=None,  # the protocol's own ping keeps the link alive
             open_timeout=15,
             write_limit=4 * 1024 * 1024,
+            create_connection=FrameConnection,  # frames read with one copy (client.wsreader)
         )
     except InvalidStatus as e:
         status = e.response.status_code

@@ -6,12 +6,12 @@ with ``readexactly``. The standard reader appends every chunk the transport
 delivers to one ``bytearray`` (a copy, and more copies as it grows) and cuts
 each frame out of it with a slice turned into ``bytes`` (two more), and with
 its default limit it pauses the socket every 64 KiB of a frame of several MiB.
-For a server that mostly receives blocks of 1-4 MiB that was about a tenth of
-its CPU (bench/README.md, sync.py run 15). :class:`ChunkedStreamReader` keeps the chunks as delivered and joins
-them once per frame (a frame that is exactly one chunk is handed over as it
-is), and pauses the socket only once it holds more than the frame being read
-needs, so memory stays bounded by the largest frame allowed (``ws_max_size``,
-checked before a frame's payload is read) plus one chunk.
+For a server that mostly receives blocks of 1-4 MiB that was a fifth of its
+CPU (bench/README.md, sync.py run 15). :class:`ChunkedStreamReader` keeps the
+chunks as delivered (``protocol.chunks.Chunks``) and joins them once per
+frame, and pauses the socket only once it holds more than the frame being
+read needs, so memory stays bounded by the largest frame allowed
+(``ws_max_size``, checked before a frame's payload is read) plus one chunk.
 
 The HTTP upgrade that precedes the frames is read with ``readline`` from the
 same chunks; once frames begin, only ``readexactly`` is available.
@@ -20,8 +20,9 @@ same chunks; once frames begin, only ``readexactly`` is available.
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import cast
+
+from protocol.chunks import Chunks
 
 __all__ = ["ChunkedStreamReader"]
 
@@ -36,9 +37,7 @@ class ChunkedStreamReader:
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._limit = limit
         self._loop = loop or asyncio.get_running_loop()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0  # bytes in _chunks not yet read
-        self._offset = 0  # bytes of _chunks[0] already read
+        self._chunks = Chunks()
         self._wanted = 0  # bytes the read now waiting needs
         self._eof = False
         self._exception: BaseException | None = None
@@ -67,19 +66,18 @@ class ChunkedStreamReader:
         assert not self._eof, "feed_data after feed_eof"
         if not data:
             return
-        self._chunks.append(data if type(data) is bytes else bytes(data))  # a mutable buffer may be reused
-        self._size += len(data)
+        self._chunks.append(data)
         self._wake()
         if (
             not self._paused
-            and self._size > max(2 * self._limit, self._wanted)
+            and self._chunks.size > max(2 * self._limit, self._wanted)
             and self._transport is not None
         ):
             self._transport.pause_reading()
             self._paused = True
 
     def at_eof(self) -> bool:
-        return self._eof and not self._size
+        return self._eof and not self._chunks.size
 
     # -- the parser's side -----------------------------------------------------------
 
@@ -87,25 +85,23 @@ class ChunkedStreamReader:
         """One line with its b"\\n" (all that is left at EOF); ValueError past ``limit``."""
         if self._frames:
             raise RuntimeError("readline() after readexactly(): this reader only reads frames from then on")
-        while True:
-            line = self._line()
-            if line is not None:
-                return line
-            if self._size > self._limit:
+        while not (n := self._chunks.line_end()):
+            if self._chunks.size > self._limit:
                 raise ValueError(f"line longer than {self._limit} bytes")
-            if self._eof or self._exception is not None:
-                self._raise_if_failed()
-                return self._take(self._size)
-            await self._wait(self._size + 1)
+            self._raise_if_failed()
+            if self._eof:
+                return self._take(self._chunks.size)
+            await self._wait(self._chunks.size + 1)
+        return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
         self._frames = True
         self._raise_if_failed()
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        while self._size < n:
+        while self._chunks.size < n:
             if self._eof:
-                raise asyncio.IncompleteReadError(self._take(self._size), n)
+                raise asyncio.IncompleteReadError(self._take(self._chunks.size), n)
             await self._wait(n)
             self._raise_if_failed()
         return self._take(n)
@@ -142,46 +138,8 @@ class ChunkedStreamReader:
             self._paused = False
             self._transport.resume_reading()
 
-    def _line(self) -> bytes | None:
-        """The next line if a b"\\n" is buffered (lines are short: the HTTP head)."""
-        seen = 0
-        for i, chunk in enumerate(self._chunks):
-            start = self._offset if i == 0 else 0
-            at = chunk.find(b"\n", start)
-            if at >= 0:
-                return self._take(seen + at + 1 - start)
-            seen += len(chunk) - start
-        return None
-
     def _take(self, n: int) -> bytes:
-        """The next ``n`` buffered bytes (``n <= self._size``), copied at most once."""
-        if n == 0:
-            return b""
-        first, offset = self._chunks[0], self._offset
-        self._size -= n
-        if len(first) - offset > n:  # inside the first chunk; the rest of it stays
-            self._offset = offset + n
-            data = first[offset : offset + n]
-        elif len(first) - offset == n:
-            self._chunks.popleft()
-            self._offset = 0
-            data = first if offset == 0 else first[offset:]
-        else:
-            parts: list[bytes | memoryview] = [memoryview(first)[offset:]]
-            need = n - (len(first) - offset)
-            self._chunks.popleft()
-            self._offset = 0
-            while need:
-                chunk = self._chunks[0]
-                if len(chunk) <= need:
-                    parts.append(chunk)
-                    self._chunks.popleft()
-                    need -= len(chunk)
-                else:
-                    parts.append(memoryview(chunk)[:need])
-                    self._offset = need
-                    need = 0
-            data = b"".join(parts)
-        if self._paused and self._size <= self._limit:
+        data = self._chunks.take(n)
+        if self._paused and self._chunks.size <= self._limit:
             self._resume()
         return data

@@ -132,7 +132,7 @@ class _Watched(ChunkedStreamReader):
 
     def feed_data(self, data: bytes) -> None:  # type: ignore[override]
         super().feed_data(data)
-        self.most = max(self.most, self._size)
+        self.most = max(self.most, self._chunks.size)
         if self._paused:
             self.paused.set()
 

@@ -121,8 +121,8 @@ def chunk_hashes(stream: Readable) -> Iterator[tuple[int, int, bytes]]:
             eof = filled < len(view)
             at = 0
             for c in chunker.cut_buf(view[:filled]):
-                if not eof and c.offset + MAX_BLOCK > filled:
-                    break  # too near the end to cut as the stream would: again with more bytes
+                if not eof and c.offset + c.length >= filled:
+                    break  # cut by the buffer's end, not its content: again with more bytes
                 pending.append((base + c.offset, c.length, pool.submit(block_hash, c.data)))
                 at = c.offset + c.length
             # the other buffer is about to be refilled: hand out every block still hashing from it

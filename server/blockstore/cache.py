@@ -125,6 +125,15 @@ class LRUBytesMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
         return 0
 
 
+def _immutable(data: bytes | memoryview) -> bytes | memoryview:
+    """``data`` itself if it cannot change (bytes, or a view of bytes, such as
+    a block's part of the frame it was uploaded in: most uploaded blocks are
+    never read back from memory, so they are not copied), else a copy."""
+    if isinstance(data, bytes) or (isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+        return data
+    return bytes(data)
+
+
 class CachedBlockStore:
     """``inner`` with its hot blocks held in at most ``max_bytes`` of memory."""
 
@@ -144,7 +153,7 @@ class CachedBlockStore:
     def url(self) -> str:
         return str(getattr(self.inner, "url", repr(self.inner)))
 
-    async def _cache_put(self, h: bytes, data: bytes) -> None:
+    async def _cache_put(self, h: bytes, data: bytes | memoryview) -> None:
         if len(data) <= self.max_bytes:
             await self.cache.set(h, data)
 
@@ -159,14 +168,17 @@ class CachedBlockStore:
         epoch = self._deletes
         await self.inner.put(h, data)
         if len(data) <= self.max_bytes and epoch == self._deletes:
-            await self._cache_put(h, data if isinstance(data, bytes) else bytes(data))
+            await self._cache_put(h, _immutable(data))
 
     async def get(self, h: bytes) -> bytes:
         check_hash(h)
         data = await self.cache.get(h)
         if data is not None:
             self.hits += 1
-            return bytes(data)
+            if not isinstance(data, bytes):  # cached as a view of an upload's frame: copied once, when wanted
+                data = bytes(data)
+                await self.cache.set(h, data)
+            return data
         self.misses += 1
         fut = self._inflight.get(h)
         if fut is None:

@@ -354,6 +354,34 @@ async def test_cache_get_is_served_from_memory(tmp_path: Path) -> None:
     await s.close()
 
 
+async def test_cache_keeps_an_uploads_view_of_its_frame_and_copies_a_view_of_a_mutable_buffer(
+    tmp_path: Path,
+) -> None:
+    """A block put as part of an immutable frame is cached as that view (no
+    copy) and read back as bytes; one put as a view of a buffer that may be
+    reused is copied, so changing the buffer later changes nothing."""
+    inner = CountingStore(tmp_path)
+    s = CachedBlockStore(inner, 10_000)
+    data = block(30)
+    frame = b"header" + data
+    await s.put(h(data), memoryview(frame)[6:])
+    cached = await s.cache.get(h(data))
+    assert isinstance(cached, memoryview) and cached.obj is frame
+    got = await s.get(h(data))
+    assert type(got) is bytes and got == data
+    assert await s.cache.get(h(data)) is got  # the copy is kept: later reads copy nothing
+    assert await s.get(h(data)) is got
+    assert s.cache.total_bytes == len(data)
+
+    other = block(31)
+    buffer = bytearray(other)
+    await s.put(h(other), memoryview(buffer))
+    buffer[:] = bytes(len(buffer))  # the buffer is reused
+    assert await s.get(h(other)) == other
+    assert inner.gets == 0
+    await s.close()
+
+
 async def test_cache_lru_keeps_recently_read_block(tmp_path: Path) -> None:
     inner = CountingStore(tmp_path)
     s = CachedBlockStore(inner, 3000)

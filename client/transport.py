@@ -16,15 +16,14 @@ import itertools
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from client.wsreader import FrameConnection
+from client.wsframes import FrameConnection
 from protocol import PROTOCOL_VERSIONS, failpoints, framing
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -52,8 +51,11 @@ def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Any:
         yield random.uniform(0, min(cap, base * 2**attempt))
 
 
+SEND_PARTS_OVER = 64 * 1024  # blocks at least this big are sent without joining them to their header
+
+
 class Connection:
-    def __init__(self, ws: ClientConnection, welcome: m.Welcome) -> None:
+    def __init__(self, ws: FrameConnection, welcome: m.Welcome) -> None:
         self.ws = ws
         self.welcome = welcome
         self._ids = itertools.count(1)
@@ -115,14 +117,17 @@ class Connection:
         if fut is not None and not fut.done():
             fut.set_result(value)
 
-    async def _roundtrip(self, req_id: int, payload: str | bytes) -> Any:
+    async def _roundtrip(self, req_id: int, payload: str | bytes | tuple[bytes, bytes | memoryview]) -> Any:
         if self._closed_reason is not None:
             raise ConnectionLost(self._closed_reason)
         async with self._window:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending[req_id] = fut
             try:
-                await self.ws.send(payload)
+                if isinstance(payload, tuple):  # a block frame's header and bytes, masked in place
+                    await self.ws.send_parts(*payload)
+                else:
+                    await self.ws.send(payload)
             except (ConnectionClosed, OSError) as e:
                 self._pending.pop(req_id, None)
                 raise ConnectionLost(str(e)) from None
@@ -140,7 +145,10 @@ class Connection:
 
     async def put_block(self, h: bytes, data: bytes | memoryview) -> None:
         req_id = next(self._ids)
-        await self._roundtrip(req_id, framing.encode_block(framing.KIND_PUT, req_id, h, data))
+        if len(data) < SEND_PARTS_OVER:  # one small write beats three
+            await self._roundtrip(req_id, framing.encode_block(framing.KIND_PUT, req_id, h, data))
+        else:
+            await self._roundtrip(req_id, (framing.block_header(framing.KIND_PUT, req_id, h), data))
         failpoints.hit("client.upload.block")
 
     async def get_block(self, h: bytes) -> memoryview | bytes:
@@ -161,7 +169,7 @@ async def open_connection(server: str, token: str) -> Connection:
             ping_interval=None,  # the protocol's own ping keeps the link alive
             open_timeout=15,
             write_limit=4 * 1024 * 1024,
-            create_connection=FrameConnection,  # frames read with one copy (client.wsreader)
+            create_connection=FrameConnection,  # frames read with one copy (client.wsframes)
         )
     except InvalidStatus as e:
         status = e.response.status_code
@@ -186,7 +194,7 @@ async def open_connection(server: str, token: str) -> Connection:
     if not isinstance(reply, m.Welcome):
         await ws.close()
         raise ProtocolError(ErrorCode.PROTOCOL, f"server answered hello with {reply.TYPE}")
-    return Connection(ws, reply)
+    return Connection(cast(FrameConnection, ws), reply)
 
 
 async def connect(server: str, token: str, retry_for: float) -> Connection:

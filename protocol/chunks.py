@@ -6,7 +6,7 @@ frame out of it copies every byte two or three times (append, slice, convert
 to ``bytes``), plus reallocations as the buffer grows. :class:`Chunks` keeps
 the chunks and joins them once per frame; a frame that is exactly one chunk is
 handed over as it came. The WebSocket readers of the server
-(``server.wsreader``) and of the desktop client (``client.wsreader``) keep
+(``server.wsreader``) and of the desktop client (``client.wsframes``) keep
 their bytes here.
 """
 

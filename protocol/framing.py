@@ -41,14 +41,14 @@ class BlockFrame:
     data: memoryview | bytes
 
 
-def _block_header(kind: int, req_id: int, block_hash: bytes) -> bytes:
+def block_header(kind: int, req_id: int, block_hash: bytes) -> bytes:
     if len(block_hash) != HASH_BYTES:  # struct would silently pad or truncate it
         raise ValueError(f"a block hash is {HASH_BYTES} bytes, got {len(block_hash)}")
     return HEADER.pack(kind, req_id, block_hash)
 
 
 def encode_block(kind: int, req_id: int, block_hash: bytes, data: bytes | memoryview) -> bytes:
-    return _block_header(kind, req_id, block_hash) + data
+    return block_header(kind, req_id, block_hash) + data
 
 
 def decode_block(frame: bytes | bytearray | memoryview) -> BlockFrame:
@@ -306,7 +306,7 @@ def stream_frame(payload: str | bytes) -> bytes:
 def stream_block_header(kind: int, req_id: int, block_hash: bytes, size: int) -> bytes:
     """What goes before a block's ``size`` bytes in a stream: the same frame as
     ``stream_frame(encode_block(...))`` without copying the bytes into it."""
-    return _STREAM_HEADER.pack(BINARY, HEADER_SIZE + size) + _block_header(kind, req_id, block_hash)
+    return _STREAM_HEADER.pack(BINARY, HEADER_SIZE + size) + block_header(kind, req_id, block_hash)
 
 
 class StreamDecoder:

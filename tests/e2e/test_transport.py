@@ -1,6 +1,6 @@
 """The desktop client's connection to a real `ferry server`: blocks of every
 size go up and come back intact, read through the client's one-copy frame
-reader (client.wsreader)."""
+reader (client.wsframes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 
 from client.transport import open_connection
-from client.wsreader import FrameReader
+from client.wsframes import FrameReader
 from protocol.hashing import block_hash
 from tests.support.servers import Device
 

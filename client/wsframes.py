@@ -1,4 +1,5 @@
-"""The desktop client's WebSocket connection, reading frames with one copy.
+"""The desktop client's WebSocket connection: frames read with one copy of
+each byte, block uploads written with one.
 
 websockets' sans-I/O reader appends each received chunk to a ``bytearray``,
 slices each frame out of it and the message is joined into ``bytes`` again:
@@ -8,16 +9,36 @@ client's CPU. :class:`FrameConnection` (passed to ``connect`` as
 byte arrives, which keeps the chunks (``protocol.chunks.Chunks``) and hands
 each frame over as ``bytes`` joined once (websockets then passes a message of
 one frame on without copying it).
+
+Sending a block the usual way joins its 40-byte header to its bytes, then
+websockets masks the message into a new buffer and copies that into the
+frame: three copies. :meth:`FrameConnection.send_parts` masks the header and
+the bytes each straight into the frame's pieces (the mask is required of a
+client, and makes the one copy).
+
+This reaches into websockets' connection (``send_context``) and protocol
+(``reader``, ``parser``, ``writes``); pyproject.toml pins the major versions
+it was written for, and tests/client/test_wsframes.py checks both paths
+against a real websockets server.
 """
 
 from __future__ import annotations
 
+import secrets
+import struct
 from collections.abc import Generator
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.client import ClientProtocol
+from websockets.exceptions import ProtocolError
+from websockets.frames import Opcode
 from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from protocol.chunks import Chunks
 
@@ -90,3 +111,32 @@ class FrameConnection(ClientConnection):
         protocol.reader = FrameReader()
         protocol.parser = protocol.parse()
         next(protocol.parser)
+
+    async def send_parts(self, *parts: bytes | memoryview) -> None:
+        """One binary message: ``parts`` joined, each masked into the frame
+        without joining them first."""
+        async with self.send_context():
+            if self.protocol.expect_continuation_frame:  # (a fragmented message: we never send one)
+                raise ProtocolError("expected a continuation frame")
+            self.protocol.writes.extend(masked_frame(parts))
+
+
+def masked_frame(parts: tuple[bytes | memoryview, ...]) -> list[bytes]:
+    """A final, masked binary frame (RFC 6455 5.2) carrying ``parts`` joined,
+    as pieces: the frame's head and mask, then each part masked."""
+    length = sum(len(p) for p in parts)
+    first = 0x80 | Opcode.BINARY.value  # FIN, binary
+    if length < 126:
+        head = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    mask = secrets.token_bytes(4)
+    pieces, at = [head + mask], 0
+    for part in parts:
+        if part:  # (an empty piece would tell the connection to send EOF)
+            turn = at % 4  # the mask runs on across parts
+            pieces.append(apply_mask(part, mask[turn:] + mask[:turn]))
+            at += len(part)
+    return pieces

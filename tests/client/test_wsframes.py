@@ -1,6 +1,7 @@
-"""The client's WebSocket read path (client.wsreader): frames of every size
-come through a real connection intact, and the reader keeps websockets'
-contract (lines, exact reads, EOF and length errors)."""
+"""The client's WebSocket frames (client.wsframes): frames of every size come
+through a real connection intact both ways, the reader keeps websockets'
+contract (lines, exact reads, EOF and length errors), and a message sent in
+parts is one masked frame a real websockets server accepts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from client.wsreader import FrameConnection, FrameReader
+from client.wsframes import FrameConnection, FrameReader, masked_frame
 
 
 def _run(gen: Generator[None, None, Any], reader: FrameReader, feed: list[bytes]) -> Any:
@@ -90,3 +91,46 @@ async def test_a_closing_server_is_seen_as_closed() -> None:
             await asyncio.wait_for(ws.wait_closed(), 30)
             assert ws.close_code == 4000
             assert ws.close_reason == "going away"
+
+
+async def test_messages_sent_in_parts_arrive_joined_at_a_real_server() -> None:
+    """Lengths on both sides of the 7-, 16- and 64-bit length forms, and parts
+    whose boundaries fall anywhere in the 4-byte mask."""
+    cases = [
+        (b"", b""),
+        (b"h", b""),
+        (b"header", b"x" * 119),
+        (b"head", b"y" * 122),
+        (os.urandom(40), os.urandom(65_495)),
+        (os.urandom(41), os.urandom(65_495)),
+        (os.urandom(3), os.urandom(300_001), os.urandom(5)),
+        (os.urandom(40), os.urandom(4 * 1024 * 1024)),
+    ]
+    got: list[bytes] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            got.append(message if isinstance(message, bytes) else message.encode())
+            await ws.send("ok")
+
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", create_connection=FrameConnection, max_size=None) as ws:
+            assert isinstance(ws, FrameConnection)
+            for parts in cases:
+                await ws.send_parts(*(memoryview(p) for p in parts))
+                assert await ws.recv() == "ok"
+            await ws.send(b"and an ordinary message after them")
+            assert await ws.recv() == "ok"
+    assert got == [b"".join(parts) for parts in cases] + [b"and an ordinary message after them"]
+
+
+def test_a_masked_frame_is_its_parts_under_one_mask() -> None:
+    parts = (b"abc", b"defgh", b"ij")
+    head, *masked = masked_frame(parts)
+    assert head[0] == 0x82 and head[1] == 0x80 | 10  # final binary frame, masked, 10 bytes
+    mask = head[2:6]
+    payload = b"".join(masked)
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) == b"abcdefghij"
+    assert masked_frame(parts)[0][2:6] != mask  # a new mask each time (equal once in 2**32)
+    assert all(masked_frame((b"ab", b"", memoryview(b""), b"c"))[1:])  # no empty piece: that would mean EOF

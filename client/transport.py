@@ -51,9 +51,6 @@ def backoff_delays(base: float = 0.2, cap: float = 10.0) -> Any:
         yield random.uniform(0, min(cap, base * 2**attempt))
 
 
-SEND_PARTS_OVER = 64 * 1024  # blocks at least this big are sent without joining them to their header
-
-
 class Connection:
     def __init__(self, ws: FrameConnection, welcome: m.Welcome) -> None:
         self.ws = ws
@@ -145,10 +142,7 @@ class Connection:
 
     async def put_block(self, h: bytes, data: bytes | memoryview) -> None:
         req_id = next(self._ids)
-        if len(data) < SEND_PARTS_OVER:  # one small write beats three
-            await self._roundtrip(req_id, framing.encode_block(framing.KIND_PUT, req_id, h, data))
-        else:
-            await self._roundtrip(req_id, (framing.block_header(framing.KIND_PUT, req_id, h), data))
+        await self._roundtrip(req_id, (framing.block_header(framing.KIND_PUT, req_id, h), data))
         failpoints.hit("client.upload.block")
 
     async def get_block(self, h: bytes) -> memoryview | bytes:

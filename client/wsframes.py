@@ -114,17 +114,23 @@ class FrameConnection(ClientConnection):
 
     async def send_parts(self, *parts: bytes | memoryview) -> None:
         """One binary message: ``parts`` joined, each masked into the frame
-        without joining them first."""
+        without joining them first (see :func:`masked_frame`)."""
         async with self.send_context():
             if self.protocol.expect_continuation_frame:  # (a fragmented message: we never send one)
                 raise ProtocolError("expected a continuation frame")
             self.protocol.writes.extend(masked_frame(parts))
 
 
+JOIN_UNDER = 64 * 1024  # a smaller message is joined and written whole: one small write beats several
+
+
 def masked_frame(parts: tuple[bytes | memoryview, ...]) -> list[bytes]:
     """A final, masked binary frame (RFC 6455 5.2) carrying ``parts`` joined,
-    as pieces: the frame's head and mask, then each part masked."""
+    as pieces: the frame's head and mask, then each part masked (under
+    ``JOIN_UNDER`` bytes, the parts are joined first and the frame is one piece)."""
     length = sum(len(p) for p in parts)
+    if length < JOIN_UNDER and len(parts) > 1:
+        parts = (b"".join(parts),)
     first = 0x80 | Opcode.BINARY.value  # FIN, binary
     if length < 126:
         head = struct.pack("!BB", first, 0x80 | length)
@@ -133,6 +139,8 @@ def masked_frame(parts: tuple[bytes | memoryview, ...]) -> list[bytes]:
     else:
         head = struct.pack("!BBQ", first, 0x80 | 127, length)
     mask = secrets.token_bytes(4)
+    if len(parts) == 1 and length < JOIN_UNDER:
+        return [head + mask + apply_mask(parts[0], mask)]
     pieces, at = [head + mask], 0
     for part in parts:
         if part:  # (an empty piece would tell the connection to send EOF)

@@ -27,9 +27,8 @@ class Chunks:
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         if data:
-            self._chunks.append(
-                data if type(data) is bytes else bytes(data)
-            )  # a mutable buffer may be reused
+            # (a mutable buffer may be reused by whoever handed it over: copied)
+            self._chunks.append(data if type(data) is bytes else bytes(data))
             self.size += len(data)
 
     def clear(self) -> None:

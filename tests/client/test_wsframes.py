@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from client.wsframes import FrameConnection, FrameReader, masked_frame
+from client.wsframes import JOIN_UNDER, FrameConnection, FrameReader, masked_frame
 
 
 def _run(gen: Generator[None, None, Any], reader: FrameReader, feed: list[bytes]) -> Any:
@@ -127,10 +127,14 @@ async def test_messages_sent_in_parts_arrive_joined_at_a_real_server() -> None:
 
 def test_a_masked_frame_is_its_parts_under_one_mask() -> None:
     parts = (b"abc", b"defgh", b"ij")
-    head, *masked = masked_frame(parts)
+    frame = b"".join(masked_frame(parts))
+    head = frame[:6]
     assert head[0] == 0x82 and head[1] == 0x80 | 10  # final binary frame, masked, 10 bytes
     mask = head[2:6]
-    payload = b"".join(masked)
+    payload = frame[6:]
     assert bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) == b"abcdefghij"
     assert masked_frame(parts)[0][2:6] != mask  # a new mask each time (equal once in 2**32)
     assert all(masked_frame((b"ab", b"", memoryview(b""), b"c"))[1:])  # no empty piece: that would mean EOF
+    big = (os.urandom(40), b"", os.urandom(JOIN_UNDER))
+    pieces = masked_frame(big)
+    assert len(pieces) == 3 and all(pieces)  # a big message: head, then each non-empty part masked

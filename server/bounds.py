@@ -29,7 +29,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -120,10 +120,54 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
 class ShortCloseProtocol(WebSocketProtocol):
     """uvicorn's ``websockets`` protocol with a short closing handshake, reading
-    frames through a :class:`~server.wsreader.ChunkedStreamReader`."""
+    frames through a :class:`~server.wsreader.ChunkedStreamReader`, into which
+    the socket reads directly once the connection is upgraded (see
+    :class:`_ReadInto`)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.close_timeout = CLOSE_TIMEOUT
         # (websockets reads through exactly the StreamReader methods it has)
         self.reader = ChunkedStreamReader(limit=self.read_limit // 2, loop=self.loop)  # type: ignore[assignment]
+        self._read_into: _ReadInto | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._read_into is None:
+            # the upgrade request, handed over by uvicorn's HTTP protocol right after it made
+            # this the transport's protocol: from now on the socket reads into the reader
+            self._read_into = _ReadInto(self)
+            self.transport.set_protocol(self._read_into)
+            if self.transport.is_reading():  # restarted, the read takes the protocol's kind anew (uvloop)
+                self.transport.pause_reading()
+                self.transport.resume_reading()
+
+
+class _ReadInto(asyncio.BufferedProtocol):
+    """The transport's protocol for an upgraded connection: the socket reads
+    into the buffers :class:`~server.wsreader.ChunkedStreamReader` gives it
+    (``get_buffer``), a big frame's payload straight into its own; everything
+    else goes to the WebSocket protocol. (uvloop treats any subclass of
+    ``asyncio.Protocol``, as websockets' protocol is, as a plain one.)"""
+
+    def __init__(self, ws: ShortCloseProtocol) -> None:
+        self._ws = ws
+        self._reader = cast(ChunkedStreamReader, ws.reader)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._ws.eof_received()  # type: ignore[func-returns-value]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ws.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._ws.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._ws.resume_writing()

@@ -15,16 +15,78 @@ read needs, so memory stays bounded by the largest frame allowed
 
 The HTTP upgrade that precedes the frames is read with ``readline`` from the
 same chunks; once frames begin, only ``readexactly`` is available.
+
+Given the socket as a buffered protocol (``get_buffer`` and
+``buffer_updated``, see ``server.bounds.ShortCloseProtocol``), the reader goes
+one copy further: the payload of a big frame is read from the socket straight
+into a buffer of its own (kept by :class:`FrameBuffers` and used again once
+nothing refers to it), where a plain protocol's read is copied into a new
+``bytes`` and then joined with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from typing import cast
 
 from protocol.chunks import Chunks
 
-__all__ = ["ChunkedStreamReader"]
+__all__ = ["ChunkedStreamReader", "FrameBuffers"]
+
+# bytes of a frame still to come past which the socket reads into the frame's own buffer
+DIRECT_OVER = 128 * 1024
+# bytes a socket read takes at most otherwise (so a big frame goes direct after its first few)
+SCRATCH = 32 * 1024
+KEPT = 4  # frame buffers kept for reuse, process-wide (a connection reads one frame at a time)
+KEPT_FLOOR = 4 * 1024 * 1024 + 64 * 1024  # bytes of a kept buffer: any block's frame fits
+_IDLE_REFS = 3  # sys.getrefcount of a kept buffer nobody else refers to (see FrameBuffers._idle)
+
+
+class FrameBuffers:
+    """Buffers big frames are read into: at most ``KEPT`` of ``KEPT_FLOOR``
+    bytes, process-wide, so a client that announces big frames and sends them
+    slowly holds no more than the bytes it sent plus these (a frame that
+    finds none free is read through the chunks, as a plain protocol would). A
+    buffer is handed out again only when nothing but this keeper refers to it
+    (no view of it, no variable: CPython counts references exactly), so a
+    frame handed to its reader stays intact for as long as anybody holds it;
+    a fresh buffer costs a zero fill and a page fault per page, a reused one
+    neither."""
+
+    def __init__(self) -> None:
+        self._kept: list[bytearray] = []
+        self._lock = threading.Lock()
+        self.taken = 0  # buffers handed out: frames read straight from the socket
+
+    def take(self, n: int) -> bytearray | None:
+        """A buffer of at least ``n`` bytes that nobody else refers to, if one is free."""
+        if n > KEPT_FLOOR:
+            return None
+        with self._lock:
+            i = self._idle(self._kept, n)
+            if i >= 0:
+                buf = self._kept[i]
+            elif len(self._kept) < KEPT:
+                buf = bytearray(KEPT_FLOOR)
+                self._kept.append(buf)
+            else:
+                return None
+            self.taken += 1
+            return buf
+
+    @staticmethod
+    def _idle(kept: list[bytearray], n: int) -> int:
+        for i in range(len(kept)):
+            buf = kept[i]
+            if len(buf) >= n and sys.getrefcount(buf) <= _IDLE_REFS:  # the list, ``buf`` and the argument
+                return i
+        return -1
+
+
+buffers = FrameBuffers()  # (the server's, shared by its connections)
+_scratch = threading.local()  # one per event loop thread: each read is copied out before the next
 
 
 class ChunkedStreamReader:
@@ -45,6 +107,9 @@ class ChunkedStreamReader:
         self._transport: asyncio.ReadTransport | None = None
         self._paused = False
         self._frames = False  # set by the first readexactly
+        self._direct: bytearray | None = None  # the big frame being read straight from the socket
+        self._filled = 0  # bytes of it read
+        self._direct_n = 0  # bytes it will hold
 
     # -- the protocol's side ---------------------------------------------------------
 
@@ -76,8 +141,39 @@ class ChunkedStreamReader:
             self._transport.pause_reading()
             self._paused = True
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the socket puts its next bytes (a buffered protocol's read): the
+        rest of the big frame being read, else a scratch buffer that
+        :meth:`buffer_updated` copies from."""
+        if (
+            self._direct is None
+            and self._frames
+            and self._wanted - self._chunks.size >= DIRECT_OVER
+            and (buf := buffers.take(self._wanted)) is not None
+        ):
+            held = self._chunks.size
+            if held:  # the frame's first bytes, read with the header
+                buf[:held] = self._chunks.take(held)
+            self._direct, self._filled, self._direct_n = buf, held, self._wanted
+        if self._direct is not None and self._filled < self._direct_n:
+            return memoryview(self._direct)[self._filled : self._direct_n]
+        scratch: bytearray | None = getattr(_scratch, "buf", None)
+        if scratch is None:
+            scratch = _scratch.buf = bytearray(SCRATCH)
+        return memoryview(scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert not self._eof, "buffer_updated after feed_eof"
+        if self._direct is not None and self._filled < self._direct_n:
+            self._filled += nbytes
+            if self._filled == self._direct_n:
+                self._wake()
+        elif nbytes:
+            with memoryview(_scratch.buf) as scratch, scratch[:nbytes] as got:
+                self.feed_data(bytes(got))
+
     def at_eof(self) -> bool:
-        return self._eof and not self._chunks.size
+        return self._eof and not self._chunks.size and self._direct is None
 
     # -- the parser's side -----------------------------------------------------------
 
@@ -99,12 +195,21 @@ class ChunkedStreamReader:
         self._raise_if_failed()
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        while self._chunks.size < n:
-            if self._eof:
+        while True:
+            direct = self._direct
+            if direct is not None:
+                if self._filled == self._direct_n:  # (n: the frame it was started for, one read at a time)
+                    self._direct = None
+                    return memoryview(direct)[:n]  # type: ignore[return-value]  # (websockets unmasks it)
+                if self._eof:
+                    self._direct = None
+                    raise asyncio.IncompleteReadError(bytes(direct[: self._filled]), n)
+            elif self._chunks.size >= n:
+                return self._take(n)
+            elif self._eof:
                 raise asyncio.IncompleteReadError(self._take(self._chunks.size), n)
             await self._wait(n)
             self._raise_if_failed()
-        return self._take(n)
 
     # -- inside ----------------------------------------------------------------------
 

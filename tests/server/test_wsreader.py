@@ -5,13 +5,20 @@ asyncio's reader reports them, and memory bounded by pausing the socket."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
-from typing import cast
+import socket
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
+import uvicorn
+import uvloop
+from websockets.asyncio.client import connect as ws_connect
 
-from server.wsreader import ChunkedStreamReader
+from server.bounds import ShortCloseProtocol, head_timeout_protocol
+from server.wsreader import KEPT, KEPT_FLOOR, ChunkedStreamReader, FrameBuffers, buffers
 
 
 async def _reader(limit: int = 1024) -> ChunkedStreamReader:
@@ -181,3 +188,119 @@ async def test_over_a_real_socket_it_pauses_when_unread_bytes_pass_its_limit_and
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_big_frame_is_read_into_a_buffer_of_its_own_and_eof_inside_one_reports_what_came() -> None:
+    r = await _reader()
+
+    def arrive(data: bytes) -> None:  # what a buffered transport does with what the socket gives it
+        view = memoryview(data)
+        while view:
+            buf = r.get_buffer(-1)
+            assert len(buf) > 0
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            r.buffer_updated(n)
+            view = view[n:]
+
+    payload = os.urandom(1 << 20)
+    arrive(b"\x82\x7f" + len(payload).to_bytes(8, "big") + payload[:1000])
+    assert await r.readexactly(2) == b"\x82\x7f"
+    assert await r.readexactly(8) == len(payload).to_bytes(8, "big")
+    taken = buffers.taken
+    reading = asyncio.create_task(r.readexactly(len(payload)))
+    await asyncio.sleep(0)  # it waits for the rest of the frame
+    arrive(payload[1000:] + b"\x82\x05")  # the rest of it, and the next frame's head
+    got = await reading
+    assert buffers.taken == taken + 1  # read into a buffer of its own...
+    assert bytes(got) == payload  # ...exactly
+    assert await r.readexactly(2) == b"\x82\x05"
+    reading = asyncio.create_task(r.readexactly(len(payload)))
+    await asyncio.sleep(0)
+    arrive(payload[:300_000])
+    r.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError) as e:
+        await reading
+    assert e.value.partial == payload[:300_000] and e.value.expected == len(payload)
+
+
+def test_a_frame_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
+    keeper = FrameBuffers()
+    first = keeper.take(1000)
+    assert first is not None and len(first) >= 1000
+    other = keeper.take(1000)
+    assert other is not None and other is not first  # ``first`` is still held here
+    view = memoryview(first)[:10]
+    first_id = id(first)
+    del first
+    third = keeper.take(1000)
+    assert third is not None and id(third) != first_id  # a view of it is still alive
+    view.release()
+    del view, other, third
+    again = keeper.take(1000)
+    assert id(again) == first_id  # nothing refers to it any more: the same buffer
+    assert keeper.taken == 4
+
+
+def test_frame_buffers_are_bounded_process_wide_and_none_is_made_for_a_frame_bigger_than_a_block() -> None:
+    keeper = FrameBuffers()
+    assert keeper.take(KEPT_FLOOR + 1) is None
+    held = [keeper.take(KEPT_FLOOR) for _ in range(KEPT)]
+    assert all(b is not None for b in held)
+    assert keeper.take(10) is None  # all busy: that frame is read through the chunks
+    held.pop()
+    assert keeper.take(10) is not None  # one came free
+    assert keeper.taken == KEPT + 1
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop], ids=["uvloop", "asyncio"]
+)
+def test_the_server_protocol_reads_big_frames_straight_into_their_buffers(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """uvicorn with the server's own protocols, a real socket, and messages of
+    every length form: each arrives whole, and the big ones were read from the
+    socket into buffers of their own (the transport was switched to buffered
+    reads after the upgrade)."""
+    sizes = [0, 1, 125, 126, 65_535, 65_536, 200_000, 1 << 20, 4 << 20, (4 << 20) + 5, 7 << 20, 3, 4 << 20]
+    sent = [os.urandom(n) for n in sizes]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (msg := await receive())["type"] == "websocket.receive":
+            data = msg["bytes"]
+            await send(
+                {
+                    "type": "websocket.send",
+                    "bytes": hashlib.sha256(data).digest() + len(data).to_bytes(8, "big"),
+                }
+            )
+
+    async def main() -> list[bytes]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        config = uvicorn.Config(app, loop="none", http=head_timeout_protocol(10.0), ws=ShortCloseProtocol,
+                                ws_max_size=16 << 20, ws_ping_interval=None, lifespan="off", log_level="warning")  # fmt: skip
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            port = sock.getsockname()[1]
+            async with ws_connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+                replies = []
+                for data in sent:
+                    await ws.send(data)
+                    replies.append(await ws.recv())
+                return replies  # type: ignore[return-value]
+        finally:
+            server.should_exit = True
+            await serving
+
+    before = buffers.taken
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        replies = runner.run(main())
+    assert [int.from_bytes(r[32:], "big") for r in replies] == sizes
+    assert [r[:32] for r in replies] == [hashlib.sha256(d).digest() for d in sent]
+    # the block-sized ones were read into buffers of their own (the 7 MiB one through the chunks)
+    assert buffers.taken - before >= sum(1 for n in sizes if 1 << 20 <= n <= KEPT_FLOOR)

@@ -121,10 +121,12 @@ class ChunkedStreamReader:
 
     def set_exception(self, exc: BaseException) -> None:
         self._exception = exc
+        self._undirect()
         self._wake(exc)
 
     def feed_eof(self) -> None:
         self._eof = True
+        self._undirect()
         self._wake()
 
     def feed_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -201,9 +203,6 @@ class ChunkedStreamReader:
                 if self._filled == self._direct_n:  # (n: the frame it was started for, one read at a time)
                     self._direct = None
                     return memoryview(direct)[:n]  # type: ignore[return-value]  # (websockets unmasks it)
-                if self._eof:
-                    self._direct = None
-                    raise asyncio.IncompleteReadError(bytes(direct[: self._filled]), n)
             elif self._chunks.size >= n:
                 return self._take(n)
             elif self._eof:
@@ -237,6 +236,16 @@ class ChunkedStreamReader:
         finally:
             self._waiter = None
             self._wanted = 0
+
+    def _undirect(self) -> None:
+        """The connection ended inside a big frame: what came of it goes back to
+        the chunks (for the reader's ``IncompleteReadError``), the buffer to the
+        keeper, even if nobody reads this connection again."""
+        direct, self._direct = self._direct, None
+        if direct is not None and self._filled < self._direct_n:
+            self._chunks.append(bytes(direct[: self._filled]))
+        elif direct is not None:
+            self._direct = direct  # whole: still the reader's
 
     def _resume(self) -> None:
         if self._paused and self._transport is not None:

@@ -223,6 +223,20 @@ async def test_a_big_frame_is_read_into_a_buffer_of_its_own_and_eof_inside_one_r
         await reading
     assert e.value.partial == payload[:300_000] and e.value.expected == len(payload)
 
+    r = await _reader()  # the connection ends inside a big frame before anyone reads it again
+    arrive(b"\x82\x7f")
+    assert await r.readexactly(2) == b"\x82\x7f"
+    reading = asyncio.create_task(r.readexactly(len(payload)))
+    await asyncio.sleep(0)
+    arrive(payload[:200_000])
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    r.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError) as e:
+        await r.readexactly(len(payload))
+    assert e.value.partial == payload[:200_000]
+
 
 def test_a_frame_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
     keeper = FrameBuffers()

@@ -129,8 +129,6 @@ def masked_frame(parts: tuple[bytes | memoryview, ...]) -> list[bytes]:
     as pieces: the frame's head and mask, then each part masked (under
     ``JOIN_UNDER`` bytes, the parts are joined first and the frame is one piece)."""
     length = sum(len(p) for p in parts)
-    if length < JOIN_UNDER and len(parts) > 1:
-        parts = (b"".join(parts),)
     first = 0x80 | Opcode.BINARY.value  # FIN, binary
     if length < 126:
         head = struct.pack("!BB", first, 0x80 | length)
@@ -139,8 +137,8 @@ def masked_frame(parts: tuple[bytes | memoryview, ...]) -> list[bytes]:
     else:
         head = struct.pack("!BBQ", first, 0x80 | 127, length)
     mask = secrets.token_bytes(4)
-    if len(parts) == 1 and length < JOIN_UNDER:
-        return [head + mask + apply_mask(parts[0], mask)]
+    if length < JOIN_UNDER:
+        return [head + mask + apply_mask(b"".join(parts), mask)]
     pieces, at = [head + mask], 0
     for part in parts:
         if part:  # (an empty piece would tell the connection to send EOF)

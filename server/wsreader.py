@@ -157,8 +157,8 @@ class ChunkedStreamReader:
             if held:  # the frame's first bytes, read with the header
                 buf[:held] = self._chunks.take(held)
             self._direct, self._filled, self._direct_n = buf, held, self._wanted
-        if self._direct is not None and self._filled < self._direct_n:
-            return memoryview(self._direct)[self._filled : self._direct_n]
+        if self._filling():
+            return memoryview(self._direct)[self._filled : self._direct_n]  # type: ignore[arg-type]
         scratch: bytearray | None = getattr(_scratch, "buf", None)
         if scratch is None:
             scratch = _scratch.buf = bytearray(SCRATCH)
@@ -166,7 +166,7 @@ class ChunkedStreamReader:
 
     def buffer_updated(self, nbytes: int) -> None:
         assert not self._eof, "buffer_updated after feed_eof"
-        if self._direct is not None and self._filled < self._direct_n:
+        if self._filling():
             self._filled += nbytes
             if self._filled == self._direct_n:
                 self._wake()
@@ -241,11 +241,14 @@ class ChunkedStreamReader:
         """The connection ended inside a big frame: what came of it goes back to
         the chunks (for the reader's ``IncompleteReadError``), the buffer to the
         keeper, even if nobody reads this connection again."""
-        direct, self._direct = self._direct, None
-        if direct is not None and self._filled < self._direct_n:
-            self._chunks.append(bytes(direct[: self._filled]))
-        elif direct is not None:
-            self._direct = direct  # whole: still the reader's
+        if self._filling():
+            assert self._direct is not None
+            self._chunks.append(bytes(self._direct[: self._filled]))
+            self._direct = None
+
+    def _filling(self) -> bool:
+        """Is a big frame being read straight from the socket, and not whole yet?"""
+        return self._direct is not None and self._filled < self._direct_n
 
     def _resume(self) -> None:
         if self._paused and self._transport is not None:

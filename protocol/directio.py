@@ -31,6 +31,7 @@ import errno
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 __all__ = ["ALIGN", "pread", "pread_once", "pwrite", "write_new"]
@@ -38,35 +39,70 @@ __all__ = ["ALIGN", "pread", "pread_once", "pwrite", "write_new"]
 ALIGN = 4096
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _FADVISE = hasattr(os, "posix_fadvise")
+_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_PRIVATE = (
+    {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+)  # (anonymous: lighter faults than shared)
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
-_KEEP = 4  # spare buffers kept for reuse; more are unmapped
+_KEEP = 16  # spare buffers kept for reuse while busy (one per worker thread writing at once)
+_KEEP_IDLE = 4  # and once idle for _IDLE_S: the rest are unmapped
+_IDLE_S = 5.0
 _FLOOR = 4 * 1024 * 1024 + 2 * ALIGN  # a buffer holds any block (4 MiB at most) with its partial pages
-_spare: list[mmap.mmap] = []
+_spare: list[tuple[mmap.mmap, float]] = []  # (buffer, when it was given back), the latest last
 _spare_lock = threading.Lock()
+_trimming = False
 
 
 @contextlib.contextmanager
 def _buffer(size: int) -> Iterator[memoryview]:
     """A page-aligned buffer of ``size`` bytes, for the length of a ``with``.
-    Buffers are reused (the pages are already faulted in); a few are kept
-    between uses, so memory is bounded by the blocks in flight, not by file size."""
+    Buffers are reused (their pages are already faulted in: a fresh one costs
+    a fault and a zero fill per page); up to ``_KEEP`` are kept between uses
+    while blocks come and go, and ``_KEEP_IDLE`` once nothing has needed them
+    for ``_IDLE_S``, so memory is bounded by the blocks in flight, not by file size."""
+    global _trimming
     with _spare_lock:
-        buf = next((b for b in _spare if len(b) >= size), None)
-        if buf is not None:
-            _spare.remove(buf)
+        i = next((i for i in range(len(_spare) - 1, -1, -1) if len(_spare[i][0]) >= size), -1)
+        buf = _spare.pop(i)[0] if i >= 0 else None
     if buf is None:
-        buf = mmap.mmap(-1, max(_up(size), _FLOOR))
+        buf = mmap.mmap(-1, max(_up(size), _FLOOR), **_PRIVATE)
     try:
         with memoryview(buf) as whole, whole[:size] as view:
             yield view
     finally:
         with _spare_lock:
             if len(_spare) < _KEEP:
-                _spare.append(buf)
+                _spare.append((buf, time.monotonic()))
                 buf = None
+            trim = len(_spare) > _KEEP_IDLE and not _trimming
+            _trimming = _trimming or trim
         if buf is not None:
             buf.close()
+        if trim:
+            _trim_later(_IDLE_S)
+
+
+def _trim_later(delay: float) -> None:
+    timer = threading.Timer(delay, _trim)
+    timer.daemon = True
+    timer.start()
+
+
+def _trim() -> None:
+    """Unmap the spares beyond ``_KEEP_IDLE`` that nobody took for ``_IDLE_S``
+    (the list is in the order they were given back: the oldest first)."""
+    global _trimming
+    now, gone = time.monotonic(), []
+    with _spare_lock:
+        while len(_spare) > _KEEP_IDLE and now - _spare[0][1] >= _IDLE_S:
+            gone.append(_spare.pop(0)[0])
+        wait = _IDLE_S - (now - _spare[0][1]) if len(_spare) > _KEEP_IDLE else None
+        _trimming = wait is not None
+    for buf in gone:
+        buf.close()
+    if wait is not None:
+        _trim_later(wait)
 
 
 def _up(n: int) -> int:
@@ -144,6 +180,24 @@ def pread(fd: int, size: int, offset: int) -> bytes:
             return bytes(aligned[start : max(start, min(got, start + size))])
     finally:
         os.close(twin)
+
+
+def pread_cached(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of ``fd``'s file: from the page cache
+    when all of them are there (a file just written, or read by someone else:
+    no disk read, and no wait for its dirty pages to be written first), else
+    read directly (:func:`pread`)."""
+    if size >= ALIGN and _NOWAIT and O_DIRECT:
+        with _buffer(size) as buf:
+            try:
+                got = os.preadv(fd, [buf], offset, _NOWAIT)
+            except OSError:
+                got = -1  # (BlockingIOError: not all in the page cache)
+            if got == size or (
+                0 <= got and offset + got >= os.fstat(fd).st_size
+            ):  # all, or all up to the end
+                return bytes(buf[:got])
+    return pread(fd, size, offset)
 
 
 def pread_once(fd: int, size: int, offset: int) -> bytes:

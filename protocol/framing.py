@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 import orjson
 
 from protocol import messages as m
+from protocol.buffers import Keeper
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.hashing import HASH_BYTES, parse_hash
 
@@ -261,7 +262,7 @@ def _build(cls: Any, body: dict[str, Any], prefix: str = "") -> Any:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{prefix.rstrip('.') or cls.TYPE}: {e}") from None
 
 
-def decode(frame: str | bytes | bytearray) -> m.Message:
+def decode(frame: str | bytes | bytearray | memoryview) -> m.Message:
     """One text frame → its message, or :class:`ProtocolError` (with the
     request id in ``detail['id']`` when one could be read)."""
     try:
@@ -313,16 +314,24 @@ class StreamDecoder:
     """Feed bytes as they arrive (``receive_data``), or let a transport write
     them straight into ``get_buffer()`` and report ``buffer_updated(n)`` (a
     frame's payload then lands in its own buffer, never copied); take whole
-    frames out: ``str`` for text, ``bytearray`` for binary. Rejects a frame
-    whose announced length exceeds ``max_frame`` before buffering its payload."""
+    frames out: ``str`` for text, ``bytearray`` (or, given a ``keeper``, a
+    view of one of its buffers) for binary. Rejects a frame whose announced
+    length exceeds ``max_frame`` before buffering its payload. With a
+    ``keeper`` (``protocol.buffers.Keeper``), a binary frame of at least
+    ``KEPT_OVER`` bytes is read into one of its buffers when one is free: no
+    zero fill, no fresh pages; the buffer is not used again while anybody
+    holds the frame."""
 
-    def __init__(self, max_frame: int) -> None:
+    KEPT_OVER = 64 * 1024
+
+    def __init__(self, max_frame: int, keeper: Keeper | None = None) -> None:
         self.max_frame = max_frame
+        self.keeper = keeper
         self._head = bytearray(_STREAM_HEADER.size)
-        self._body: bytearray | None = None  # the payload being filled, once its header is in
+        self._body: bytearray | memoryview | None = None  # the payload being filled, once its header is in
         self._kind = TEXT
         self._got = 0  # bytes of the header, then of the payload, filled so far
-        self._out: list[str | bytearray] = []
+        self._out: list[str | bytearray | memoryview] = []
 
     def get_buffer(self) -> memoryview:
         """Where the next bytes go (never empty)."""
@@ -340,7 +349,7 @@ class StreamDecoder:
                 raise ProtocolError(
                     ErrorCode.TOO_LARGE, f"frame of {length} bytes exceeds the {self.max_frame}-byte limit"
                 )
-            self._kind, self._body, self._got = kind, bytearray(length), 0
+            self._kind, self._body, self._got = kind, self._new_body(kind, length), 0
             if length:
                 return
         elif self._got < len(self._body):
@@ -349,10 +358,18 @@ class StreamDecoder:
         if self._kind == BINARY:
             self._out.append(body)
             return
+        assert isinstance(body, bytearray)  # (text never takes a kept buffer)
         try:
             self._out.append(body.decode())
         except UnicodeDecodeError:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "text frame is not valid UTF-8") from None
+
+    def _new_body(self, kind: int, length: int) -> bytearray | memoryview:
+        if kind == BINARY and length >= self.KEPT_OVER and self.keeper is not None:
+            kept = self.keeper.take(length)
+            if kept is not None:
+                return memoryview(kept)[:length]
+        return bytearray(length)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -363,7 +380,7 @@ class StreamDecoder:
             self.buffer_updated(n)
             view = view[n:]
 
-    def frames_received(self) -> list[str | bytearray]:
+    def frames_received(self) -> list[str | bytearray | memoryview]:
         out, self._out = self._out, []
         return out
 

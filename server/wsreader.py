@@ -19,21 +19,21 @@ same chunks; once frames begin, only ``readexactly`` is available.
 Given the socket as a buffered protocol (``get_buffer`` and
 ``buffer_updated``, see ``server.bounds.ShortCloseProtocol``), the reader goes
 one copy further: the payload of a big frame is read from the socket straight
-into a buffer of its own (kept by :class:`FrameBuffers` and used again once
-nothing refers to it), where a plain protocol's read is copied into a new
+into a buffer of its own (kept by a ``protocol.buffers.Keeper`` and used again
+once nothing refers to it), where a plain protocol's read is copied into a new
 ``bytes`` and then joined with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from typing import cast
 
+from protocol.buffers import Keeper
 from protocol.chunks import Chunks
 
-__all__ = ["ChunkedStreamReader", "FrameBuffers"]
+__all__ = ["ChunkedStreamReader", "buffers"]
 
 # bytes of a frame still to come past which the socket reads into the frame's own buffer
 DIRECT_OVER = 128 * 1024
@@ -41,51 +41,12 @@ DIRECT_OVER = 128 * 1024
 SCRATCH = 32 * 1024
 KEPT = 4  # frame buffers kept for reuse, process-wide (a connection reads one frame at a time)
 KEPT_FLOOR = 4 * 1024 * 1024 + 64 * 1024  # bytes of a kept buffer: any block's frame fits
-_IDLE_REFS = 3  # sys.getrefcount of a kept buffer nobody else refers to (see FrameBuffers._idle)
 
 
-class FrameBuffers:
-    """Buffers big frames are read into: at most ``KEPT`` of ``KEPT_FLOOR``
-    bytes, process-wide, so a client that announces big frames and sends them
-    slowly holds no more than the bytes it sent plus these (a frame that
-    finds none free is read through the chunks, as a plain protocol would). A
-    buffer is handed out again only when nothing but this keeper refers to it
-    (no view of it, no variable: CPython counts references exactly), so a
-    frame handed to its reader stays intact for as long as anybody holds it;
-    a fresh buffer costs a zero fill and a page fault per page, a reused one
-    neither."""
-
-    def __init__(self) -> None:
-        self._kept: list[bytearray] = []
-        self._lock = threading.Lock()
-        self.taken = 0  # buffers handed out: frames read straight from the socket
-
-    def take(self, n: int) -> bytearray | None:
-        """A buffer of at least ``n`` bytes that nobody else refers to, if one is free."""
-        if n > KEPT_FLOOR:
-            return None
-        with self._lock:
-            i = self._idle(self._kept, n)
-            if i >= 0:
-                buf = self._kept[i]
-            elif len(self._kept) < KEPT:
-                buf = bytearray(KEPT_FLOOR)
-                self._kept.append(buf)
-            else:
-                return None
-            self.taken += 1
-            return buf
-
-    @staticmethod
-    def _idle(kept: list[bytearray], n: int) -> int:
-        for i in range(len(kept)):
-            buf = kept[i]
-            if len(buf) >= n and sys.getrefcount(buf) <= _IDLE_REFS:  # the list, ``buf`` and the argument
-                return i
-        return -1
-
-
-buffers = FrameBuffers()  # (the server's, shared by its connections)
+# the buffers big frames are read into: process-wide, so a client that announces big
+# frames and sends them slowly holds no more than the bytes it sent plus these (a frame
+# that finds none free is read through the chunks, as a plain protocol would)
+buffers = Keeper(KEPT, KEPT_FLOOR)
 _scratch = threading.local()  # one per event loop thread: each read is copied out before the next
 
 

@@ -34,6 +34,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,14 +295,15 @@ class LanNode:
         # still named as ours until the caller has written it and says where (Scope.holding): a
         # peer asking meanwhile gets these bytes, where it would hear "not found" and ask the server
         fetch.done.set_result(data)
-        asyncio.get_running_loop().call_later(HELD_FOR, self._written, h, fetch)
+        # (the timer refers to the fetch weakly: once the writer has said so, nothing holds the bytes)
+        asyncio.get_running_loop().call_later(HELD_FOR, self._written, h, weakref.ref(fetch))
         return data
 
-    def _written(self, h: bytes, fetch: _Fetch | None = None) -> None:
+    def _written(self, h: bytes, fetch: weakref.ref[_Fetch] | None = None) -> None:
         """Block ``h``, fetched, is written where :meth:`_read_block` finds it (or
         was not written after all): forget the fetch and the bytes it holds."""
         current = self._fetching.get(h)
-        if current is not None and current.done.done() and (fetch is None or current is fetch):
+        if current is not None and current.done.done() and (fetch is None or current is fetch()):
             del self._fetching[h]
 
     async def _from_peers(self, h: bytes) -> bytes | memoryview | None:
@@ -592,7 +594,7 @@ def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> by
     except OSError:
         return None
     try:
-        data = directio.pread(fd, size, offset)  # big files are written past the page cache
+        data = directio.pread_cached(fd, size, offset)  # big files are written past the page cache
         st = os.fstat(fd)
     except OSError:
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from client.lan.node import LanNode, LanOptions, parse_peer
+from protocol.hashing import block_hash
 
 
 def node(tmp_path: Path, **options: object) -> LanNode:
@@ -170,6 +171,39 @@ def test_a_peers_only_fetch_that_finds_nothing_leaves_the_block_to_the_next_aske
         assert lan._fetching[h].done.result() == data
         lan.scope(1).holding(h, tmp_path / "t", 0, len(data))
         assert not lan._fetching and lan.partial[h] == {tmp_path / "t": (0, len(data), 1, None)}
+
+    asyncio.run(go())
+
+
+def test_a_fetched_block_is_let_go_as_soon_as_its_writer_says_it_is_written(tmp_path: Path) -> None:
+    """Until the writer says where it put a fetched block, the node keeps the
+    bytes for peers that ask; after that nothing may hold them (not the 2 s
+    timer that forgets a block nobody said was written), or a device receiving
+    at LAN speed holds hundreds of MiB of written blocks."""
+    import gc
+    import weakref
+
+    class Blob(bytearray):  # (a bytearray that can be referred to weakly)
+        pass
+
+    lan = node(tmp_path)
+    lan.ready.set()
+
+    async def go() -> None:
+        peer_sends = [Blob(b"x" * 1000)]
+        h = block_hash(peer_sends[0])
+        gone = weakref.ref(peer_sends[0])
+
+        async def from_a_peer(_h: bytes) -> Blob:
+            return peer_sends.pop()
+
+        lan._from_peers = from_a_peer  # type: ignore[assignment,method-assign]
+        data = await lan.get_block(h, 1, None)
+        assert data is gone() and lan._fetching[h].done.result() is data
+        lan.scope(1).holding(h, tmp_path / "t", 0, len(data))
+        del data
+        gc.collect()
+        assert gone() is None, "a written block is still held in memory"
 
     asyncio.run(go())
 

@@ -76,8 +76,90 @@ def test_without_o_direct_everything_falls_back_to_ordinary_io(
         OsDisk.pwrite_big(fd, data, 5)
         assert directio.pread(fd, len(data), 5) == data
         assert directio.pread_once(fd, len(data), 5) == data
+        assert directio.pread_cached(fd, len(data), 5) == data
     finally:
         os.close(fd)
     assert path.read_bytes() == bytes(5) + data
     assert not directio.write_new(tmp_path / "g", data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     assert not (tmp_path / "g").exists()
+
+
+def test_pread_cached_takes_what_the_page_cache_holds_and_reads_the_rest_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file just written through the page cache is read from it, with no
+    direct read (which would go to the disk, and first wait for the file's dirty
+    pages to be written); a file written past the page cache is read directly.
+    Either way the bytes at any offset come back exactly."""
+    rnd = random.Random(11)
+    data = rnd.randbytes(3 * 1024 * 1024 + 77)
+    cached, direct = tmp_path / "cached", tmp_path / "direct"
+    cached.write_bytes(data)
+    assert directio.write_new(direct, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) == bool(
+        directio.O_DIRECT
+    )
+    if not directio.O_DIRECT:
+        direct.write_bytes(data)
+    direct_reads: list[int] = []  # descriptors opened for a direct read
+    real_twin = directio._twin
+
+    def counted(fd: int, flags: int) -> int | None:
+        direct_reads.append(fd)
+        return real_twin(fd, flags)
+
+    monkeypatch.setattr(directio, "_twin", counted)
+    spans = [
+        (0, 4096),
+        (5, 1024 * 1024),
+        (4095, 2 * 1024 * 1024 + 3),
+        (len(data) - 9000, 9000),
+        (len(data) - 10, 100),
+    ]
+    for path, from_cache in ((cached, True), (direct, False)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            del direct_reads[:]
+            for offset, size in spans:
+                assert directio.pread_cached(fd, size, offset) == data[offset : offset + size]
+        finally:
+            os.close(fd)
+        if directio.O_DIRECT:
+            assert (direct_reads == []) == from_cache, (path.name, direct_reads)
+
+
+def test_aligned_buffers_are_used_again_and_the_spares_let_go_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sixteen blocks written at once take sixteen buffers; the next sixteen
+    reuse them (no fresh mapping: a fresh one costs a fault per page); once
+    idle, all but a few are unmapped."""
+    import mmap
+    import threading
+
+    made: list[int] = []
+    real = mmap.mmap
+
+    def counting(*args: object, **kwargs: object) -> mmap.mmap:
+        made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(directio, "_spare", [])
+    monkeypatch.setattr(directio.mmap, "mmap", counting)
+    inside = threading.Barrier(directio._KEEP)
+
+    def use() -> None:
+        with directio._buffer(1024 * 1024) as view:
+            view[:3] = b"abc"
+            inside.wait(10)  # all sixteen hold one at once
+
+    for _round in range(2):
+        threads = [threading.Thread(target=use) for _ in range(directio._KEEP)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(made) == directio._KEEP  # the second round took the same sixteen
+    assert len(directio._spare) == directio._KEEP
+    monkeypatch.setattr(directio, "_IDLE_S", 0.0)
+    directio._trim()
+    assert len(directio._spare) == directio._KEEP_IDLE

@@ -18,7 +18,7 @@ import uvloop
 from websockets.asyncio.client import connect as ws_connect
 
 from server.bounds import ShortCloseProtocol, head_timeout_protocol
-from server.wsreader import KEPT, KEPT_FLOOR, ChunkedStreamReader, FrameBuffers, buffers
+from server.wsreader import KEPT_FLOOR, ChunkedStreamReader, buffers
 
 
 async def _reader(limit: int = 1024) -> ChunkedStreamReader:
@@ -236,35 +236,6 @@ async def test_a_big_frame_is_read_into_a_buffer_of_its_own_and_eof_inside_one_r
     with pytest.raises(asyncio.IncompleteReadError) as e:
         await r.readexactly(len(payload))
     assert e.value.partial == payload[:200_000]
-
-
-def test_a_frame_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
-    keeper = FrameBuffers()
-    first = keeper.take(1000)
-    assert first is not None and len(first) >= 1000
-    other = keeper.take(1000)
-    assert other is not None and other is not first  # ``first`` is still held here
-    view = memoryview(first)[:10]
-    first_id = id(first)
-    del first
-    third = keeper.take(1000)
-    assert third is not None and id(third) != first_id  # a view of it is still alive
-    view.release()
-    del view, other, third
-    again = keeper.take(1000)
-    assert id(again) == first_id  # nothing refers to it any more: the same buffer
-    assert keeper.taken == 4
-
-
-def test_frame_buffers_are_bounded_process_wide_and_none_is_made_for_a_frame_bigger_than_a_block() -> None:
-    keeper = FrameBuffers()
-    assert keeper.take(KEPT_FLOOR + 1) is None
-    held = [keeper.take(KEPT_FLOOR) for _ in range(KEPT)]
-    assert all(b is not None for b in held)
-    assert keeper.take(10) is None  # all busy: that frame is read through the chunks
-    held.pop()
-    assert keeper.take(10) is not None  # one came free
-    assert keeper.taken == KEPT + 1
 
 
 @pytest.mark.parametrize(

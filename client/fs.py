@@ -113,14 +113,18 @@ class OsDisk:
 
     @staticmethod
     def pwrite_big(fd: int, data: bytes | memoryview, offset: int) -> None:
-        """Write a block of a big file: past the page cache where the system
-        allows (``protocol.directio``), else written and its write-back started."""
-        if not directio.pwrite(fd, data, offset):
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, offset)
-                view, offset = view[n:], offset + n
-            durable.start_writeback(fd, offset - len(data), len(data))
+        """Write a block of a big file through the page cache and start its
+        write-back at once, so the disk works while the rest arrives and the
+        fsync that makes the file durable finds most of it written. (Written
+        past the page cache instead, a file's blocks went to the disk one at a
+        time: about 380 MB/s here against 650 MB/s with write-back, and a third
+        of that while the server flushed its own blocks on the same disk.)"""
+        view = memoryview(data)
+        at = offset
+        while view:
+            n = os.pwrite(fd, view, at)
+            view, at = view[n:], at + n
+        durable.start_writeback(fd, offset, len(data))
 
     pread_big = staticmethod(directio.pread_once)  # a block of a big file, not kept in the page cache
     preallocate = staticmethod(durable.preallocate)

@@ -214,7 +214,7 @@ def _query(req_id: int, hashes: list[bytes]) -> m.QueryBlocks:
 
 def _block_at(fd: int, offset: int, size: int, expected: bytes, big: bool = False) -> bytes | None:
     """The block at ``offset`` of an open file, or None if it is not (any more)
-    ``expected``; ``big``: of a file Ferry wrote past the page cache."""
+    ``expected``; ``big``: of a big file, read without keeping it in the page cache."""
     disk = fs.disk()
     data = disk.pread_big(fd, size, offset) if big else disk.pread(fd, size, offset)
     return data if len(data) == size and block_hash(data) == expected else None
@@ -407,7 +407,7 @@ def _write_at(
     if not checked and block_hash(data) != expected:
         raise ProtocolError(ErrorCode.BAD_BLOCK, f"block {expected.hex()[:12]} arrived corrupted")
     disk = fs.disk()
-    if big:  # past the page cache (or the disk starts on it now rather than all at once in the final fsync)
+    if big:  # the disk starts on it now rather than all at once in the final fsync
         disk.pwrite_big(fd, data, offset)
     else:
         disk.pwrite(fd, data, offset)

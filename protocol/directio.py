@@ -5,19 +5,19 @@ into pages it must first find, and on the virtual machines Ferry is measured on
 (where memory the guest freed goes back to the host) every fresh page is a
 fault on the host as well: 1.2-2.0 CPU s per GiB written and fsynced, against
 0.2 CPU s with ``O_DIRECT`` (``dd``-style loop of 1 MiB writes, same disk).
-Blocks the server stores and files a client fetches are written once and read
-back rarely soon after, so both write big blocks this way; the server's hot
-blocks live in its own memory tier, not the page cache.
+The server writes each big block it stores this way (:func:`write_new`: one
+new file, fsynced, and many of them at once); its hot blocks live in its own
+memory tier, not the page cache. (A client writes a fetched file through the
+page cache with its write-back started block by block: direct writes into
+one file go to the disk one at a time, see ``client.fs``.) Reads come back
+the same way (:func:`pread`), or from the page cache when all of a range is
+there (:func:`pread_cached`), or through it without keeping it
+(:func:`pread_once`).
 
 ``O_DIRECT`` wants the file offset, the length and the memory address aligned
 to the device's block (:data:`ALIGN` covers every Linux device). Bytes go
 through page-aligned buffers, reused and a few kept (memory stays flat with
-file size), and a block's partial pages at either end go through the
-ordinary descriptor: a block at an arbitrary offset of a file is written as
-its whole pages directly and its (at most two) partial pages through the page
-cache. Pages of one file are only ever written one way or the other by any
-block, so the two paths never overlap, and the caller's ``fsync`` makes both
-durable.
+file size).
 
 Where there is no ``O_DIRECT`` (not Linux, or a filesystem such as tmpfs that
 refuses it) every function here falls back to ordinary I/O and returns the
@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["ALIGN", "pread", "pread_once", "pwrite", "write_new"]
+__all__ = ["ALIGN", "pread", "pread_cached", "pread_once", "write_new"]
 
 ALIGN = 4096
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -130,35 +130,6 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def pwrite(fd: int, data: bytes | memoryview, offset: int) -> bool:
-    """Write ``data`` at ``offset`` of the file open (for writing) as ``fd``:
-    its whole pages directly, the rest through ``fd``. False when it could not
-    write directly: the caller then writes all of ``data`` as usual."""
-    end = offset + len(data)
-    lo, hi = _up(offset), _down(end)
-    if hi <= lo:
-        return False  # no whole page in it
-    twin = _twin(fd, os.O_WRONLY)
-    if twin is None:
-        return False
-    try:
-        with memoryview(data) as view, _buffer(hi - lo) as aligned:
-            aligned[:] = view[lo - offset : hi - offset]
-            try:
-                _pwrite_all(twin, aligned, lo)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                return False  # the device wants a stricter alignment
-            if lo > offset:
-                _pwrite_all(fd, view[: lo - offset], offset)
-            if end > hi:
-                _pwrite_all(fd, view[hi - offset :], hi)
-    finally:
-        os.close(twin)
-    return True
 
 
 def pread(fd: int, size: int, offset: int) -> bytes:

@@ -603,7 +603,7 @@ def _read_served(path: Path, offset: int, size: int, h: bytes, seen: Seen) -> by
     except OSError:
         return None
     try:
-        data = directio.pread_cached(fd, size, offset)  # big files are written past the page cache
+        data = directio.pread_cached(fd, size, offset)  # (from the page cache if all there, else past it)
         st = os.fstat(fd)
     except OSError:
         return None

@@ -244,7 +244,7 @@ class MemDisk:
         pass  # a hint only: durability still comes from fsync
 
     def pwrite_big(self, fd: int, data: bytes | memoryview, offset: int) -> None:
-        self.pwrite(fd, data, offset)  # the real disk's direct I/O is a matter of speed only
+        self.pwrite(fd, data, offset)  # the real disk's early write-back is a matter of speed only
 
     def pread_big(self, fd: int, size: int, offset: int) -> bytes:
         return self.pread(fd, size, offset)

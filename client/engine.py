@@ -892,7 +892,7 @@ class Engine:
         known = self._scan.blocks.get(path)
         offered = await self._announce(path, src, known)
         try:
-            await self._send_and_commit(path, src, known, parent, offered)
+            await self._send_and_commit(path, src, known, parent)
             if offered is not None and known is not None:
                 # peers fetching it now, as soon as the commit reaches them, find it here
                 # still: served from the file as committed until the index is rebuilt
@@ -1092,14 +1092,9 @@ class Engine:
         self._discard_staged(task, scope)
 
     async def _send_and_commit(
-        self,
-        path: str,
-        src: Path,
-        known: KnownBlocks | None,
-        parent: int | None,
-        offered: Scope | None = None,
+        self, path: str, src: Path, known: KnownBlocks | None, parent: int | None
     ) -> None:
-        plan, stat = await send_file(self.remote, src, lambda n: None, known=known, offered=offered)
+        plan, stat = await send_file(self.remote, src, lambda n: None, known=known)
         if not self._as_scanned(path, stat):
             # rewritten since the scan (maybe half-written yet: the scan's settle check is
             # what keeps those out): never commit it unseen; the next cycle looks again

@@ -64,12 +64,6 @@ class BlockSource(Protocol):
     def released(self, tmp: Path) -> None:
         """``tmp`` is gone or about to be renamed: none of its blocks are there any more."""
 
-    def recent(self, h: bytes) -> bytes | memoryview | None:
-        """Block ``h`` of a file being uploaded, if it was read moments ago for a peer."""
-
-    def share(self, h: bytes, data: bytes | memoryview) -> None:
-        """Block ``h`` of a file being uploaded was just read: keep it a moment for peers."""
-
 
 def block_getter(
     conn: Connection, source: BlockSource | None
@@ -243,15 +237,11 @@ def _read_known(fd: int, offset: int, size: int, expected: bytes, src: Path, sta
 
 
 async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progress,
-                      stat: tuple[int, int, int], source: BlockSource | None = None) -> None:  # fmt: skip
+                      stat: tuple[int, int, int]) -> None:  # fmt: skip
     """Ask which of the plan's blocks the server lacks, then read (by offset)
     and send those, ``HELD`` at a time. A block is hashed again only if the
     file changed since the scan (``stat``); a block the server refuses as not
-    matching its hash means the file changed under the read. ``source``: the
-    LAN peers the file is offered to while it goes up (streaming sync): the
-    blocks are read in the order they fetch them, and each read serves both
-    (a block a peer asked for a moment ago is not read again, and one read
-    for the server is kept a moment for the peers)."""
+    matching its hash means the file changed under the read."""
     missing: set[bytes] = set()
     unique = list(dict.fromkeys(plan.hashes))
     for i in range(0, len(unique), 1000):
@@ -263,9 +253,7 @@ async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progre
     try:
         slots = asyncio.Semaphore(HELD)
         first: dict[bytes, tuple[int, int]] = {}
-        order = _order(source, content_hash(plan.hashes), len(plan.hashes))
-        for i in order:
-            offset, size, h = plan.offsets[i], plan.sizes[i], plan.hashes[i]
+        for offset, size, h in zip(plan.offsets, plan.sizes, plan.hashes, strict=True):
             if h in missing:
                 first.setdefault(h, (offset, size))
             else:
@@ -273,12 +261,7 @@ async def _send_known(conn: Connection, src: Path, plan: _Plan, progress: Progre
 
         async def one(h: bytes, offset: int, size: int) -> None:
             async with slots:
-                if source is not None and (kept := source.recent(h)) is not None and len(kept) == size:
-                    data, checked = kept, False  # (read for a peer as this one would be: see _read_known)
-                else:
-                    data, checked = await disk.run(_read_known, fd, offset, size, h, src, stat)
-                    if source is not None:
-                        source.share(h, data)
+                data, checked = await disk.run(_read_known, fd, offset, size, h, src, stat)
                 try:
                     await conn.put_block(h, data)
                 except ProtocolError as e:
@@ -324,15 +307,13 @@ async def stat_or_none(conn: Connection, path: str) -> m.Entry | None:
 
 
 async def send_file(
-    remote: Remote, src: Path, progress: Progress, known: KnownBlocks | None = None,
-    offered: BlockSource | None = None,
-) -> tuple[_Plan, os.stat_result]:  # fmt: skip
+    remote: Remote, src: Path, progress: Progress, known: KnownBlocks | None = None
+) -> tuple[_Plan, os.stat_result]:
     """Send the blocks of ``src`` the server lacks; returns the block plan and
     the stat the content belongs to (unchanged from start to end). ``known``:
     the file's blocks as a scan just found them (for that stat), so the file
     is not chunked a second time: only the missing blocks are read, each
-    hash-checked as it is read. ``offered``: the LAN peers ``known``'s blocks
-    are offered to meanwhile (see :func:`_send_known`)."""
+    hash-checked as it is read."""
     st = fs.disk().stat(src)
     if not stat_mod.S_ISREG(st.st_mode):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{src} is not a regular file")
@@ -343,7 +324,7 @@ async def send_file(
     async def send(conn: Connection) -> None:
         if known is not None:
             plan.offsets, plan.sizes, plan.hashes = list(known.offsets), list(known.sizes), list(known.hashes)
-            await _send_known(conn, src, plan, progress, known.stat, offered)
+            await _send_known(conn, src, plan, progress, known.stat)
             return
         plan.hashes, plan.offsets, plan.sizes = [], [], []  # a retry re-chunks; only missing blocks move
         await _send_blocks(conn, src, plan, progress)

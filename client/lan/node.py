@@ -136,9 +136,7 @@ class LanNode:
         # blocks read from disk for peers: being read now, and the last few read (with their
         # namespace), so that devices asking for the same block at once cost one read
         self._reading: dict[bytes, asyncio.Future[None]] = {}
-        self._recent: collections.OrderedDict[bytes, tuple[float, int, bytes | memoryview]] = (
-            collections.OrderedDict()
-        )
+        self._recent: collections.OrderedDict[bytes, tuple[float, int, bytes]] = collections.OrderedDict()
         self._recent_bytes = 0
 
     def scope(self, ns: int) -> Scope:
@@ -459,7 +457,7 @@ class LanNode:
                 return ns, data
         return None
 
-    def _keep(self, h: bytes, ns: int, data: bytes | memoryview) -> None:
+    def _keep(self, h: bytes, ns: int, data: bytes) -> None:
         """Keep a block just read for a peer, for the next asker: at most
         ``RECENT_BYTES`` and ``RECENT_S`` seconds."""
         if h in self._recent:
@@ -552,13 +550,6 @@ class Scope:
 
     async def from_peers(self, h: bytes) -> bytes | memoryview | None:
         return await self.node.get_block(h, self.ns, None)
-
-    def recent(self, h: bytes) -> bytes | memoryview | None:
-        kept = self.node._recent.get(h)
-        return kept[2] if kept is not None and kept[1] == self.ns else None
-
-    def share(self, h: bytes, data: bytes | memoryview) -> None:
-        self.node._keep(h, self.ns, data)
 
     def released(self, tmp: Path) -> None:
         for h in [h for h, where in self.node.partial.items() if tmp in where]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from client.transport import Connection
 from protocol import messages as m
 from protocol.chunking import chunk_bytes
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.hashing import content_hash
 from tests.support.servers import Device
 
 
@@ -33,7 +31,7 @@ def _known(path: Path) -> transfer.KnownBlocks:
 def test_known_blocks_upload_unhashed_and_a_hidden_change_is_refused(alice: Device, tmp_path: Path) -> None:
     remote = transfer.Remote(load_credentials(alice.home), retry_for=5)
     path = tmp_path / "big.bin"
-    path.write_bytes(random.Random(3).randbytes(3 << 20))  # (a fixed 3 MiB in more than one block)
+    path.write_bytes(os.urandom(3 << 20))
     known = _known(path)
     assert len(known.hashes) > 1
     hashed: list[int] = []
@@ -50,7 +48,7 @@ def test_known_blocks_upload_unhashed_and_a_hidden_change_is_refused(alice: Devi
             assert plan.sent == path.stat().st_size and not hashed  # all sent, none hashed again
             # same size, same mtime, same inode, other bytes: only the server can tell
             other = tmp_path / "other.bin"
-            other.write_bytes(random.Random(4).randbytes(3 << 20))
+            other.write_bytes(os.urandom(3 << 20))
             changed = _known(other)
             st = other.stat()
             with open(other, "r+b") as f:
@@ -73,62 +71,5 @@ def test_known_blocks_upload_unhashed_and_a_hidden_change_is_refused(alice: Devi
         finally:
             transfer._read_block = real  # type: ignore[assignment]
             await remote.close()
-
-    asyncio.run(asyncio.wait_for(go(), 60))
-
-
-@pytest.mark.parametrize("backend", ["file"])
-def test_a_file_offered_to_peers_is_read_once_for_them_and_the_server(
-    alice: Device, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Streaming sync: the blocks of a file offered to LAN peers go up in the
-    order the peers fetch them (from the same first block), a block a peer had
-    read a moment before is sent from memory, not read again, and every block
-    read for the server is kept a moment for the peers."""
-    from client.lan.node import LanNode, LanOptions
-
-    async def no_tickets(fp: bytes) -> object:
-        raise AssertionError("not asked")
-
-    monkeypatch.setattr(transfer, "HELD", 1)  # one read at a time: their order shows
-    remote = transfer.Remote(load_credentials(alice.home), retry_for=5)
-    path = tmp_path / "big.bin"
-    path.write_bytes(random.Random(12).randbytes(12 << 20))
-    known = _known(path)
-    count = len(known.hashes)
-    assert count >= 6
-    lan = LanNode(tmp_path, LanOptions(), "", no_tickets, lambda h: [])  # type: ignore[arg-type]
-    reads: list[int] = []
-    real = transfer._read_known
-
-    def counting(fd: int, offset: int, *args: object) -> tuple[bytes, bool]:
-        reads.append(offset)
-        return real(fd, offset, *args)  # type: ignore[arg-type]
-
-    async def go() -> None:
-        scope = lan.scope(7)
-        start = scope.first_block(content_hash(known.hashes), count)
-        asked = (start + 2) % count  # a peer asked for this one just now
-        with open(path, "rb") as f:
-            f.seek(known.offsets[asked])
-            lan._keep(known.hashes[asked], 7, f.read(known.sizes[asked]))
-        transfer._read_known = counting  # type: ignore[assignment]
-        try:
-            plan, _ = await transfer.send_file(remote, path, lambda n: None, known, offered=scope)
-        finally:
-            transfer._read_known = real  # type: ignore[assignment]
-        assert plan.sent == path.stat().st_size  # every block went up
-        order = [(start + k) % count for k in range(count) if (start + k) % count != asked]
-        assert reads == [known.offsets[i] for i in order]  # the peers' order, the kept one not read
-        for i in range(count):  # each one read is there for the peers now
-            assert scope.recent(known.hashes[i]) == path.read_bytes()[known.offsets[i] :][: known.sizes[i]]
-        assert lan.scope(8).recent(known.hashes[0]) is None  # (for peers of that namespace only)
-
-        async def missing(conn: Connection) -> list[bytes]:
-            reply = await conn.call(lambda i: m.QueryBlocks(i, known.hashes), m.BlocksMissing)
-            return list(reply.missing)
-
-        assert await remote.run(missing) == []
-        await remote.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def _known(path: Path) -> transfer.KnownBlocks:
 def test_known_blocks_upload_unhashed_and_a_hidden_change_is_refused(alice: Device, tmp_path: Path) -> None:
     remote = transfer.Remote(load_credentials(alice.home), retry_for=5)
     path = tmp_path / "big.bin"
-    path.write_bytes(os.urandom(3 << 20))
+    path.write_bytes(random.Random(3).randbytes(3 << 20))  # (a fixed 3 MiB in more than one block)
     known = _known(path)
     assert len(known.hashes) > 1
     hashed: list[int] = []
@@ -48,7 +49,7 @@ def test_known_blocks_upload_unhashed_and_a_hidden_change_is_refused(alice: Devi
             assert plan.sent == path.stat().st_size and not hashed  # all sent, none hashed again
             # same size, same mtime, same inode, other bytes: only the server can tell
             other = tmp_path / "other.bin"
-            other.write_bytes(os.urandom(3 << 20))
+            other.write_bytes(random.Random(4).randbytes(3 << 20))
             changed = _known(other)
             st = other.stat()
             with open(other, "r+b") as f:

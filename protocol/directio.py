@@ -40,9 +40,8 @@ ALIGN = 4096
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 _FADVISE = hasattr(os, "posix_fadvise")
 _NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
-_PRIVATE = (
-    {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
-)  # (anonymous: lighter faults than shared)
+# buffers are private anonymous mappings: lighter page faults than shared ones
+_PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
 _KEEP = 16  # spare buffers kept for reuse while busy (one per worker thread writing at once)

@@ -10,6 +10,9 @@ of it, no variable: CPython counts references exactly), so a frame handed to
 its reader stays intact for as long as anybody holds it, and memory is
 bounded by ``count`` buffers whatever the traffic. When none is free, the
 caller makes its own (or reads some other way): the keeper never waits.
+Any buffer type will do (``make`` makes one of a given size): the server's
+direct-I/O buffers are page-aligned mappings kept the same way
+(``protocol.directio``).
 """
 
 from __future__ import annotations
@@ -17,26 +20,32 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Sized
+from typing import Generic, TypeVar
 
 __all__ = ["Keeper"]
+
+B = TypeVar("B", bound=Sized)
 
 _IDLE_REFS = 3  # sys.getrefcount of a kept buffer nobody else refers to: the list, a variable, the argument
 
 
-class Keeper:
-    """At most ``count`` buffers of ``size`` bytes. With ``idle_s``, the
-    buffers are let go (the memory given back) once none was taken for that
-    long, so an idle process does not hold them; without, they are kept."""
+class Keeper(Generic[B]):
+    """At most ``count`` buffers of ``size`` bytes, each made by ``make``. With
+    ``idle_s``, the buffers beyond ``keep`` are let go (the memory given back)
+    once none was taken for that long, so an idle process does not hold them;
+    without, they are kept."""
 
-    def __init__(self, count: int, size: int, idle_s: float | None = None) -> None:
-        self.count, self.size, self.idle_s = count, size, idle_s
-        self._kept: list[bytearray] = []
+    def __init__(self, make: Callable[[int], B], count: int, size: int, idle_s: float | None = None,
+                 keep: int = 0) -> None:  # fmt: skip
+        self.make, self.count, self.size, self.idle_s, self.keep = make, count, size, idle_s, keep
+        self._kept: list[B] = []
         self._lock = threading.Lock()
         self._last = 0.0  # when a buffer was last taken
         self._timer: threading.Timer | None = None
         self.taken = 0  # buffers handed out (counted for tests and benchmarks)
 
-    def take(self, n: int) -> bytearray | None:
+    def take(self, n: int) -> B | None:
         """A buffer of at least ``n`` bytes that nobody else refers to, if one is free."""
         if n > self.size:
             return None
@@ -45,7 +54,7 @@ class Keeper:
             if i >= 0:
                 buf = self._kept[i]
             elif len(self._kept) < self.count:
-                buf = bytearray(self.size)
+                buf = self.make(self.size)
                 self._kept.append(buf)
             else:
                 return None
@@ -61,12 +70,20 @@ class Keeper:
             return len(self._kept)
 
     def release_idle(self) -> None:
-        """Let go of every kept buffer nobody refers to now."""
+        """Let go of the kept buffers nobody refers to now, all but ``keep``."""
         with self._lock:
-            self._kept = [b for b in self._kept if sys.getrefcount(b) > _IDLE_REFS]
+            left: list[B] = []
+            idle = 0
+            for buf in self._kept:
+                if sys.getrefcount(buf) > _IDLE_REFS:  # (the list, ``buf`` and the argument)
+                    left.append(buf)
+                elif idle < self.keep:
+                    left.append(buf)
+                    idle += 1
+            self._kept = left
 
     @staticmethod
-    def _idle(kept: list[bytearray], n: int) -> int:
+    def _idle(kept: list[B], n: int) -> int:
         for i in range(len(kept)):
             buf = kept[i]
             if len(buf) >= n and sys.getrefcount(buf) <= _IDLE_REFS:
@@ -88,5 +105,5 @@ class Keeper:
                 return
         self.release_idle()
         with self._lock:
-            if self._kept and self._timer is None:  # some still in use: try again later
+            if len(self._kept) > self.keep and self._timer is None:  # some still in use: try again later
                 self._release_later(self.idle_s)

@@ -30,9 +30,9 @@ import contextlib
 import errno
 import mmap
 import os
-import threading
-import time
 from collections.abc import Iterator
+
+from protocol.buffers import Keeper
 
 __all__ = ["ALIGN", "pread", "pread_cached", "pread_once", "write_new"]
 
@@ -44,64 +44,30 @@ _NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
-_KEEP = 16  # spare buffers kept for reuse while busy (one per worker thread writing at once)
-_KEEP_IDLE = 4  # and once idle for _IDLE_S: the rest are unmapped
+_KEEP = 16  # buffers kept for reuse while busy (one per worker thread writing at once)
+_KEEP_IDLE = 4  # and once nobody took one for _IDLE_S: the rest are unmapped
 _IDLE_S = 5.0
 _FLOOR = 4 * 1024 * 1024 + 2 * ALIGN  # a buffer holds any block (4 MiB at most) with its partial pages
-_spare: list[tuple[mmap.mmap, float]] = []  # (buffer, when it was given back), the latest last
-_spare_lock = threading.Lock()
-_trimming = False
+
+
+def _aligned(size: int) -> mmap.mmap:
+    return mmap.mmap(-1, _up(size), **_PRIVATE)
+
+
+# a fresh buffer costs a fault and a zero fill per page; a reused one neither
+_buffers = Keeper(_aligned, _KEEP, _FLOOR, idle_s=_IDLE_S, keep=_KEEP_IDLE)
 
 
 @contextlib.contextmanager
 def _buffer(size: int) -> Iterator[memoryview]:
-    """A page-aligned buffer of ``size`` bytes, for the length of a ``with``.
-    Buffers are reused (their pages are already faulted in: a fresh one costs
-    a fault and a zero fill per page); up to ``_KEEP`` are kept between uses
-    while blocks come and go, and ``_KEEP_IDLE`` once nothing has needed them
-    for ``_IDLE_S``, so memory is bounded by the blocks in flight, not by file size."""
-    global _trimming
-    with _spare_lock:
-        i = next((i for i in range(len(_spare) - 1, -1, -1) if len(_spare[i][0]) >= size), -1)
-        buf = _spare.pop(i)[0] if i >= 0 else None
-    if buf is None:
-        buf = mmap.mmap(-1, max(_up(size), _FLOOR), **_PRIVATE)
-    try:
-        with memoryview(buf) as whole, whole[:size] as view:
-            yield view
-    finally:
-        with _spare_lock:
-            if len(_spare) < _KEEP:
-                _spare.append((buf, time.monotonic()))
-                buf = None
-            trim = len(_spare) > _KEEP_IDLE and not _trimming
-            _trimming = _trimming or trim
-        if buf is not None:
-            buf.close()
-        if trim:
-            _trim_later(_IDLE_S)
-
-
-def _trim_later(delay: float) -> None:
-    timer = threading.Timer(delay, _trim)
-    timer.daemon = True
-    timer.start()
-
-
-def _trim() -> None:
-    """Unmap the spares beyond ``_KEEP_IDLE`` that nobody took for ``_IDLE_S``
-    (the list is in the order they were given back: the oldest first)."""
-    global _trimming
-    now, gone = time.monotonic(), []
-    with _spare_lock:
-        while len(_spare) > _KEEP_IDLE and now - _spare[0][1] >= _IDLE_S:
-            gone.append(_spare.pop(0)[0])
-        wait = _IDLE_S - (now - _spare[0][1]) if len(_spare) > _KEEP_IDLE else None
-        _trimming = wait is not None
-    for buf in gone:
-        buf.close()
-    if wait is not None:
-        _trim_later(wait)
+    """A page-aligned buffer of ``size`` bytes, for the length of a ``with``:
+    a kept one when one is free (memory is bounded by the blocks in flight,
+    not by file size), else one made for this use alone."""
+    buf = _buffers.take(size)
+    if buf is None:  # all in use (or bigger than any block)
+        buf = _aligned(size)
+    with memoryview(buf) as whole, whole[:size] as view:
+        yield view
 
 
 def _up(n: int) -> int:

@@ -324,7 +324,7 @@ class StreamDecoder:
 
     KEPT_OVER = 64 * 1024
 
-    def __init__(self, max_frame: int, keeper: Keeper | None = None) -> None:
+    def __init__(self, max_frame: int, keeper: Keeper[bytearray] | None = None) -> None:
         self.max_frame = max_frame
         self.keeper = keeper
         self._head = bytearray(_STREAM_HEADER.size)

@@ -46,7 +46,7 @@ KEPT_FLOOR = 4 * 1024 * 1024 + 64 * 1024  # bytes of a kept buffer: any block's 
 # the buffers big frames are read into: process-wide, so a client that announces big
 # frames and sends them slowly holds no more than the bytes it sent plus these (a frame
 # that finds none free is read through the chunks, as a plain protocol would)
-buffers = Keeper(KEPT, KEPT_FLOOR)
+buffers = Keeper(bytearray, KEPT, KEPT_FLOOR)
 _scratch = threading.local()  # one per event loop thread: each read is copied out before the next
 
 

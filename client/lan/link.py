@@ -42,7 +42,7 @@ PEER_NAME = "ferry-peer/0.1"
 IN_FLIGHT = 8  # block requests a serving peer runs at once per link
 # buffers blocks from peers are read into, used again once nobody holds the block (a fresh
 # one costs a zero fill and a fault per page): at most 8 (32 MiB), let go after 10 s unused
-BLOCK_BUFFERS = Keeper(8, MAX_FRAME + 1024, idle_s=10.0)
+BLOCK_BUFFERS = Keeper(bytearray, 8, MAX_FRAME + 1024, idle_s=10.0)
 
 
 class PeerGone(Exception):

@@ -17,7 +17,7 @@ SIZE = 64 * 1024
 
 
 def test_a_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
-    keeper = Keeper(KEPT, SIZE)
+    keeper = Keeper(bytearray, KEPT, SIZE)
     first = keeper.take(1000)
     assert first is not None and len(first) >= 1000
     other = keeper.take(1000)
@@ -35,7 +35,7 @@ def test_a_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
 
 
 def test_buffers_are_bounded_and_none_is_made_for_a_frame_bigger_than_they_are() -> None:
-    keeper = Keeper(KEPT, SIZE)
+    keeper = Keeper(bytearray, KEPT, SIZE)
     assert keeper.take(SIZE + 1) is None
     held = [keeper.take(SIZE) for _ in range(KEPT)]
     assert all(b is not None for b in held)
@@ -46,7 +46,9 @@ def test_buffers_are_bounded_and_none_is_made_for_a_frame_bigger_than_they_are()
 
 
 def test_buffers_nobody_holds_are_let_go_once_idle_and_held_ones_are_not() -> None:
-    keeper = Keeper(KEPT, SIZE, idle_s=3600.0)  # (the timer would fire in an hour: driven by hand here)
+    keeper = Keeper(
+        bytearray, KEPT, SIZE, idle_s=3600.0
+    )  # (the timer would fire in an hour: driven by hand here)
     held = keeper.take(100)
     assert keeper.take(100) is not None  # taken and dropped at once: idle
     assert keeper.held() == 2
@@ -63,7 +65,7 @@ def test_buffers_nobody_holds_are_let_go_once_idle_and_held_ones_are_not() -> No
 
 
 def test_a_keeper_with_an_idle_time_lets_its_buffers_go_by_itself() -> None:
-    keeper = Keeper(KEPT, SIZE, idle_s=0.05)
+    keeper = Keeper(bytearray, KEPT, SIZE, idle_s=0.05)
     assert keeper.take(100) is not None
     gone = threading.Event()
     release = keeper.release_idle
@@ -79,7 +81,7 @@ def test_a_keeper_with_an_idle_time_lets_its_buffers_go_by_itself() -> None:
 
 def test_a_decoder_with_a_keeper_reads_big_binary_frames_into_its_buffers_and_each_stays_intact() -> None:
     rnd = random.Random(5)
-    keeper = Keeper(3, 300_000)
+    keeper = Keeper(bytearray, 3, 300_000)
     decoder = framing.StreamDecoder(400_000, keeper)
     sent: list[bytes | str] = []
     for _ in range(40):

@@ -131,7 +131,12 @@ def test_aligned_buffers_are_used_again_and_the_spares_let_go_once_idle(
         made.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(directio, "_spare", [])
+    from protocol.buffers import Keeper
+
+    fresh = Keeper(
+        directio._aligned, directio._KEEP, directio._FLOOR, idle_s=3600.0, keep=directio._KEEP_IDLE
+    )
+    monkeypatch.setattr(directio, "_buffers", fresh)  # (its timer would fire in an hour: driven by hand)
     monkeypatch.setattr(directio.mmap, "mmap", counting)
     inside = threading.Barrier(directio._KEEP)
 
@@ -147,7 +152,7 @@ def test_aligned_buffers_are_used_again_and_the_spares_let_go_once_idle(
         for t in threads:
             t.join()
     assert len(made) == directio._KEEP  # the second round took the same sixteen
-    assert len(directio._spare) == directio._KEEP
-    monkeypatch.setattr(directio, "_IDLE_S", 0.0)
-    directio._trim()
-    assert len(directio._spare) == directio._KEEP_IDLE
+    assert fresh.held() == directio._KEEP
+    fresh._last -= 3600.0  # an hour with no block
+    fresh._on_timer()
+    assert fresh.held() == directio._KEEP_IDLE

@@ -115,10 +115,14 @@ class OsDisk:
     def pwrite_big(fd: int, data: bytes | memoryview, offset: int) -> None:
         """Write a block of a big file through the page cache and start its
         write-back at once, so the disk works while the rest arrives and the
-        fsync that makes the file durable finds most of it written. (Written
-        past the page cache instead, a file's blocks went to the disk one at a
-        time: about 380 MB/s here against 650 MB/s with write-back, and a third
-        of that while the server flushed its own blocks on the same disk.)"""
+        fsync that makes the file durable finds most of it written. Which of
+        this and ``O_DIRECT`` is cheaper depends on the machine: on one disk a
+        file's direct writes went to the disk one at a time (about 380 MB/s
+        against 650 MB/s this way, and a third of that while the server
+        flushed its own blocks beside them); on another, whose fresh guest
+        memory faulted on the host, this way cost 2.4-3.9 CPU s per GiB
+        against 0.1-0.25 direct, and an hour later no more than direct
+        (``bench/README.md``, runs 17 and 18)."""
         view = memoryview(data)
         at = offset
         while view:

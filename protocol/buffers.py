@@ -84,6 +84,7 @@ class Keeper(Generic[B]):
 
     @staticmethod
     def _idle(kept: list[B], n: int) -> int:
+        # by index: enumerate() reuses its result tuple, which would still refer to the last buffer
         for i in range(len(kept)):
             buf = kept[i]
             if len(buf) >= n and sys.getrefcount(buf) <= _IDLE_REFS:
